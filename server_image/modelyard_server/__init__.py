@@ -1,0 +1,1 @@
+"""modelyard_server."""
