@@ -45,8 +45,21 @@ class _Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
 
+def _cel_rules(*rules: tuple[str, str]) -> ConfigDict:
+    """The model validator's checks as CEL rules, so that the API server enforces them too."""
+    entries = [{"rule": rule, "message": message} for rule, message in rules]
+    return ConfigDict(json_schema_extra={"x-kubernetes-validations": entries})
+
+
 class ModelConfig(_Model):
     """The network to train."""
+
+    model_config = _cel_rules(
+        (
+            "self.architecture == 'custom' ? has(self.entrypoint) : !has(self.entrypoint)",
+            "entrypoint is required when architecture is 'custom', and only allowed then",
+        ),
+    )
 
     architecture: Architecture = Field(
         default="mlp",
@@ -154,6 +167,13 @@ class SyntheticData(_Model):
 class DataSource(_Model):
     """Where the rows come from: exactly one of builtin, synthetic or uri."""
 
+    model_config = _cel_rules(
+        (
+            "[has(self.builtin), has(self.synthetic), has(self.uri)].filter(x, x).size() == 1",
+            "set exactly one of builtin, synthetic or uri",
+        ),
+    )
+
     builtin: BuiltinDataset | None = Field(
         default=None,
         description="A scikit-learn data set that ships with the trainer (no download).",
@@ -228,6 +248,13 @@ class Preprocessing(_Model):
 class Split(_Model):
     """The seeded train/validation/test split."""
 
+    model_config = _cel_rules(
+        (
+            "self.validation + self.test < 0.9",
+            "validation + test must be below 0.9 so that training keeps rows",
+        ),
+    )
+
     validation: float = Field(
         default=0.15,
         ge=0.0,
@@ -254,6 +281,13 @@ class Split(_Model):
 
 class DataConfig(_Model):
     """The data set and its preprocessing."""
+
+    model_config = _cel_rules(
+        (
+            "has(self.source) && has(self.source.uri) ? has(self.target) : !has(self.target)",
+            "target is required when source.uri is set, and only allowed then",
+        ),
+    )
 
     source: DataSource = Field(default_factory=_default_source, description="Where rows come from.")
     target: str | None = Field(
@@ -287,6 +321,13 @@ class DataConfig(_Model):
 
 class Optimizer(_Model):
     """The optimizer and its hyper-parameters."""
+
+    model_config = _cel_rules(
+        (
+            "!self.nesterov || (self.name == 'sgd' && self.momentum > 0.0)",
+            "nesterov needs name 'sgd' and momentum > 0",
+        ),
+    )
 
     name: OptimizerName = Field(default="sgd", description="Optimizer: sgd, adam or adamw.")
     learning_rate: float = Field(default=0.01, gt=0.0, le=10.0, description="Learning rate.")
@@ -347,6 +388,13 @@ class EarlyStopping(_Model):
 
 class TrainingConfig(_Model):
     """How to train."""
+
+    model_config = _cel_rules(
+        (
+            "!has(self.schedule) || self.schedule.warmupEpochs < self.epochs",
+            "schedule.warmupEpochs must be less than epochs",
+        ),
+    )
 
     epochs: int = Field(default=20, ge=1, le=100_000, description="Number of epochs.")
     batch_size: int = Field(
