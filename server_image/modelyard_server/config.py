@@ -16,7 +16,14 @@ import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 ENV_PREFIX = "MODELYARD_SERVER_"
@@ -56,8 +63,8 @@ class ServerConfig(BaseModel):
         ge=0,
         le=1000,
         description=(
-            "Longest time in milliseconds that the first request of a batch waits for more "
-            "requests to join it. 0 runs whatever is queued at once."
+            "Longest time in milliseconds that the first request of a batch waits for "
+            "requests that are already arriving to join it. 0 runs whatever is queued at once."
         ),
     )
     max_queue_size: int = Field(
@@ -101,15 +108,42 @@ class ServerConfig(BaseModel):
         le=2**31 - 1,
         description="Largest accepted request body in bytes; larger bodies get 400.",
     )
+    allow_non_finite_inputs: bool = Field(
+        default=False,
+        description=(
+            "Accept NaN and infinity in floating-point inputs (binary tensors only: JSON has "
+            "no such numbers). Off, such a request gets 400."
+        ),
+    )
+    shutdown_delay_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        le=600,
+        description=(
+            "After SIGTERM, how long the server keeps serving new requests with readiness "
+            "already failing, so that Endpoints and load balancers stop routing to it first."
+        ),
+    )
     shutdown_grace_seconds: float = Field(
         default=20.0,
         gt=0,
         le=3600,
         description=(
-            "After SIGTERM, how long in-flight requests may take to finish before the server "
-            "exits. Keep the pod's terminationGracePeriodSeconds above it."
+            "After SIGTERM, the whole time the server takes to exit: shutdownDelaySeconds, then "
+            "in-flight requests drain until it ends. Keep the pod's "
+            "terminationGracePeriodSeconds above it."
         ),
     )
+
+    @model_validator(mode="after")
+    def _delay_inside_grace(self) -> ServerConfig:
+        if self.shutdown_delay_seconds >= self.shutdown_grace_seconds:
+            raise ValueError(
+                "shutdownDelaySeconds must be less than shutdownGraceSeconds "
+                f"({self.shutdown_delay_seconds} >= {self.shutdown_grace_seconds}): the delay "
+                "is part of the grace period"
+            )
+        return self
 
     def to_env(self) -> dict[str, str]:
         """The environment variables that carry this config to the server's container."""
@@ -215,6 +249,9 @@ class ServerSettings(ServerConfig):
             for error in exc.errors():
                 loc = error["loc"]
                 field = str(loc[0]) if loc else ""
-                where = origin.get(field, field or "settings")
+                if not field:
+                    problems.append(str(error["msg"]).removeprefix("Value error, "))
+                    continue
+                where = origin.get(field, field)
                 problems.append(f"{where}: {error['msg']} (got {error.get('input')!r})")
             raise SettingsError("; ".join(problems)) from None

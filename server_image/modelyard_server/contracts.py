@@ -20,7 +20,7 @@ from pydantic.alias_generators import to_camel
 EXIT_OK = 0
 """Normal exit, including a graceful shutdown after SIGTERM."""
 EXIT_CONFIG_ERROR = 2
-"""Invalid settings (environment or command line); retrying the same pod cannot help."""
+"""Invalid settings (environment or command line); a LoadFailure InvalidConfig was written."""
 EXIT_LOAD_FAILURE = 3
 """The model could not be fetched, verified, loaded or warmed up; a LoadFailure was written."""
 
@@ -33,7 +33,13 @@ MESSAGE_MAX_CHARS = 3500
 """Bound of LoadFailure.message, leaving room for the JSON around it."""
 
 LoadFailureReason = Literal[
-    "ModelNotFound", "ChecksumMismatch", "InvalidModel", "WarmupFailed", "FetchFailed"
+    "ModelNotFound",
+    "ChecksumMismatch",
+    "InvalidModel",
+    "WarmupFailed",
+    "FetchFailed",
+    "ProviderUnavailable",
+    "InvalidConfig",
 ]
 
 
@@ -47,7 +53,9 @@ class LoadFailure(BaseModel):
         description=(
             "CamelCase cause: ModelNotFound (no file at the path), ChecksumMismatch (sha256 "
             "differs from the expected one), InvalidModel (ONNX Runtime rejected the file), "
-            "WarmupFailed (the warm-up inference failed), FetchFailed (copying it failed)."
+            "WarmupFailed (the warm-up inference failed), FetchFailed (copying it failed), "
+            "ProviderUnavailable (executionProvider cuda without a usable GPU), "
+            "InvalidConfig (the server's settings were rejected)."
         ),
     )
     message: str = Field(

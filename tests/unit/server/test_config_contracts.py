@@ -115,3 +115,10 @@ def test_config_modules_are_cheap_to_import() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_shutdown_delay_must_fit_in_the_grace_period() -> None:
+    with pytest.raises(ValueError, match="shutdownDelaySeconds must be less than"):
+        ServerConfig.model_validate({"shutdownDelaySeconds": 5, "shutdownGraceSeconds": 5})
+    with pytest.raises(SettingsError, match="shutdownDelaySeconds must be less than"):
+        ServerSettings.from_env({"MODELYARD_SERVER_SHUTDOWN_GRACE_SECONDS": "1"})
