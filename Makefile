@@ -1,0 +1,44 @@
+# Entry points named in README.md. Everything runs from the repository root.
+SHELL := /bin/bash
+UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: install lint typecheck test test-unit crds demo cluster-up cluster-down k8s-binaries clean
+
+$(UV):
+	hack/install-uv.sh
+
+install: $(UV)  ## .venv with every extra, from uv.lock
+	$(UV) sync --frozen --all-extras
+
+lint: install
+	$(UV) run --frozen ruff check .
+	$(UV) run --frozen ruff format --check .
+
+typecheck: install
+	$(UV) run --frozen mypy
+
+crds: install  ## regenerate crds/ from the API models
+	$(PY) -m modelyard_operator.api.crd crds
+
+k8s-binaries:  ## build or fetch pinned Kubernetes binaries into the cache
+	hack/k8s-binaries.sh
+
+cluster-up: k8s-binaries  ## local control plane (etcd, apiserver, controllers, kwok nodes)
+	hack/cluster.sh up
+
+cluster-down:
+	hack/cluster.sh down
+
+test-unit: install  ## tests that need no cluster
+	$(PY) -m pytest -m "not cluster and not node" $(PYTEST_ARGS)
+
+test: lint typecheck k8s-binaries  ## the README's test command: lint, types, every test
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: install  ## the main job
+	$(PY) -m modelyard_operator.demo
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,219 @@
+"""ModelTraining: one DDP training run per spec generation, ending in a verified ONNX model."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from modelyard_trainer.config import TrainerConfig
+from pydantic import ConfigDict, Field, model_validator
+
+from modelyard_operator.api.meta import (
+    ApiModel,
+    Condition,
+    ObjectMeta,
+    PodOverrides,
+    ResourceRequirements,
+    Scheduling,
+    cel,
+)
+
+# Children are `<name>-progress`, `<name>-a<attempt>` and pods `<name>-a<attempt>-<index>`,
+# whose host names must fit 63 characters; 40 leaves room for every suffix.
+MAX_NAME_LENGTH = 40
+MAX_WORKERS = 128
+PVC_URI_PATTERN = r"^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/[^\s]*)?$"
+
+
+class TrainingScheduling(Scheduling):
+    """Scheduling of the worker pods, with an optional Kueue queue."""
+
+    queue_name: str | None = Field(
+        None,
+        description=(
+            "Kueue LocalQueue: the Job is created suspended with label "
+            "kueue.x-k8s.io/queue-name, and Kueue decides when it runs."
+        ),
+        max_length=63,
+    )
+
+
+class Output(ApiModel):
+    """Where artifacts go: `<uri>/<namespace>/<name>/<uid>/g<generation>/`."""
+
+    uri: str = Field(
+        "pvc://modelyard-models",
+        description=(
+            "Output location, pvc://<claim>[/<path>]. The claim must exist in the namespace; "
+            "the operator never owns it. Only rank 0 mounts it."
+        ),
+        max_length=1024,
+        pattern=PVC_URI_PATTERN,
+    )
+
+
+class RunPolicy(ApiModel):
+    """Retries, deadlines and lifetime of a run."""
+
+    backoff_limit: int = Field(
+        3,
+        description="Attempts that may fail before the run fails (whole-gang restarts).",
+        ge=0,
+        le=100,
+    )
+    active_deadline_seconds: int | None = Field(
+        None, description="The run fails when it has been running longer than this.", ge=1
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        None,
+        description="Delete the children (never the ModelTraining) this long after the run ends.",
+        ge=0,
+    )
+    suspend: bool = Field(
+        False, description="Suspend the run: its pods go, its checkpoints stay; false resumes it."
+    )
+    schedule_timeout_seconds: int = Field(
+        300,
+        description="Pods still unschedulable after this long raise the Unschedulable condition.",
+        ge=1,
+    )
+
+
+class ModelTrainingSpec(TrainerConfig):
+    """What to train and how to run it. The trainer's own fields (model, data, training,
+    checkpoint, export) come from the trainer's config; the rest is about the cluster."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.scheduling) || !has(self.scheduling.queueName) || "
+                    "!has(self.runPolicy) || !has(self.runPolicy.suspend) || "
+                    "!self.runPolicy.suspend",
+                    "runPolicy.suspend cannot be combined with scheduling.queueName: "
+                    "Kueue owns suspension of queued runs",
+                )
+            ]
+        },
+    )
+
+    workers: int = Field(
+        1, description="Worker pods in the gang (DDP nodes).", ge=1, le=MAX_WORKERS
+    )
+    processes_per_worker: int = Field(
+        1, description="Training processes per worker pod, usually one per GPU.", ge=1, le=16
+    )
+    resources: ResourceRequirements = Field(
+        default_factory=lambda: ResourceRequirements(requests={"cpu": "1", "memory": "2Gi"}),
+        description="Resources of each worker container; GPUs as limits {nvidia.com/gpu: N}.",
+    )
+    shm_size: str = Field(
+        "1Gi",
+        description="Size of the memory-backed /dev/shm of each worker.",
+        max_length=32,
+        pattern=r"^[0-9]+(Ki|Mi|Gi)?$",
+    )
+    scheduling: TrainingScheduling = Field(
+        default_factory=TrainingScheduling, description="Where the workers may run."
+    )
+    output: Output = Field(default_factory=Output, description="Where artifacts are written.")
+    run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Retries and deadlines.")
+    pod: PodOverrides = Field(default_factory=PodOverrides, description="Worker pod overrides.")
+
+    @model_validator(mode="after")
+    def _queue_owns_suspend(self) -> ModelTrainingSpec:
+        if self.scheduling.queue_name and self.run_policy.suspend:
+            raise ValueError(
+                "runPolicy.suspend cannot be combined with scheduling.queueName: "
+                "Kueue owns suspension of queued runs"
+            )
+        return self
+
+
+TrainingPhase = Literal["Pending", "Running", "Exporting", "Succeeded", "Failed", "Suspended"]
+
+
+class WorkerCounts(ApiModel):
+    """Worker pods of the current attempt."""
+
+    active: int = Field(0, description="Pods not yet finished.")
+    ready: int = Field(0, description="Pods running and ready.")
+    succeeded: int = Field(0, description="Pods that exited 0.")
+    failed: int = Field(0, description="Pods that failed.")
+
+
+class Progress(ApiModel):
+    """Progress of the current attempt, from rank 0's progress record."""
+
+    stage: str = Field("", description="Preprocessing, Training, Evaluating, Exporting or Done.")
+    epoch: int = Field(0, description="Epochs completed.")
+    epochs: int = Field(0, description="Epochs planned.")
+    percent: float = Field(0.0, description="Share of the run done, 0-100.")
+    summary: str = Field("", description="Short text for display, e.g. '12/100 (12%)'.")
+    loss: float | None = Field(None, description="Latest training loss.")
+    validation: dict[str, float] = Field(
+        default_factory=dict, description="Latest validation metrics."
+    )
+    samples_per_second: float | None = Field(None, description="Training throughput.")
+    eta_seconds: float | None = Field(None, description="Estimated seconds left.")
+    eta: str = Field("", description="Estimated time left, for display, e.g. 3m20s.")
+    updated_at: str | None = Field(None, description="When rank 0 last reported (RFC 3339).")
+
+
+class TrainingResultStatus(ApiModel):
+    """The artifact of a successful run, from rank 0's termination message."""
+
+    generation: int = Field(description="Spec generation that produced this result.")
+    artifact_uri: str = Field(description="Directory of the run's artifacts.")
+    model_file: str = Field("model.onnx", description="The file to serve, inside artifactUri.")
+    model_uri: str = Field(description="The full URI of the model file to serve.")
+    sha256: str = Field(description="sha256 of the model file to serve.")
+    size_bytes: int = Field(0, description="Size of the model file to serve.")
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="Headline test metrics (test_accuracy, ...)."
+    )
+
+
+class FailureStatus(ApiModel):
+    """The last failure of a worker."""
+
+    attempt: int = Field(description="Attempt in which it happened.")
+    rank: int | None = Field(None, description="Node rank of the failed worker.")
+    exit_code: int | None = Field(None, description="Exit code of the trainer container.")
+    reason: str = Field("", description="CamelCase reason.")
+    message: str = Field("", description="What happened.")
+    permanent: bool = Field(False, description="True when no retry can help.")
+
+
+class ModelTrainingStatus(ApiModel):
+    """Observed state of a ModelTraining."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    observed_generation: int | None = Field(None, description="The spec generation last acted on.")
+    phase: TrainingPhase = Field("Pending", description="Phase for display.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Created, Running, Restarting, Succeeded, Failed, Suspended.",
+    )
+    attempt: int = Field(
+        0, description="Number of the current attempt (1-based) of this generation."
+    )
+    failed_attempts: int = Field(0, description="Attempts of this generation that failed.")
+    workers: WorkerCounts = Field(default_factory=WorkerCounts, description="Worker pods.")
+    progress: Progress = Field(default_factory=Progress, description="Progress of the run.")
+    result: TrainingResultStatus | None = Field(
+        None, description="Artifact of the latest successful run."
+    )
+    last_failure: FailureStatus | None = Field(None, description="The last worker failure.")
+    start_time: str | None = Field(None, description="When this generation's run started.")
+    completion_time: str | None = Field(None, description="When this generation's run ended.")
+
+
+class ModelTraining(ApiModel):
+    """A ModelTraining object as stored by the API server."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    metadata: ObjectMeta
+    spec: ModelTrainingSpec
+    status: ModelTrainingStatus = Field(default_factory=ModelTrainingStatus)
