@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from modelyard_operator.api import ModelDeployment, ModelTraining
-from modelyard_trainer.config import format_validation_error
 from pydantic import ValidationError
 
+from modelyard_operator.api import ModelDeployment, ModelTraining
+from modelyard_trainer.config import format_validation_error
 from tests.conftest import SAMPLES, load_sample, with_changes
 
 TRAINING = load_sample("digits.yaml")

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 import yaml
-from modelyard_operator.api.crd import KINDS, crd, file_name, render
 
+from modelyard_operator.api.crd import KINDS, crd, file_name, render
 from tests.conftest import ROOT
 
 CRDS = ROOT / "crds"

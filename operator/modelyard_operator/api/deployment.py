@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from modelyard_server.config import ServerConfig
 from pydantic import ConfigDict, Field, model_validator
 
 from modelyard_operator.api.meta import (
@@ -18,6 +17,7 @@ from modelyard_operator.api.meta import (
 )
 from modelyard_operator.api.training import MAX_NAME_LENGTH as MAX_TRAINING_NAME_LENGTH
 from modelyard_operator.api.training import PVC_URI_PATTERN
+from modelyard_server.config import ServerConfig
 
 # Children share the object's name (Deployment, Service, HPA, PDB); ReplicaSets add 11
 # characters and must stay a valid label value.

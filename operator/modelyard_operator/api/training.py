@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-from modelyard_trainer.config import TrainerConfig
 from pydantic import ConfigDict, Field, model_validator
 
 from modelyard_operator.api.meta import (
@@ -16,6 +15,7 @@ from modelyard_operator.api.meta import (
     Scheduling,
     cel,
 )
+from modelyard_trainer.config import TrainerConfig
 
 # Children are `<name>-progress`, `<name>-a<attempt>` and pods `<name>-a<attempt>-<index>`,
 # whose host names must fit 63 characters; 40 leaves room for every suffix.

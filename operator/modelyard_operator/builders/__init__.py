@@ -1,0 +1,1 @@
+"""Pure functions from a custom resource (and settings) to the manifests of its children."""

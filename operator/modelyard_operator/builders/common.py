@@ -1,0 +1,139 @@
+"""Names, labels, ownership and pod pieces shared by every child."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from modelyard_operator.api.meta import (
+    API_VERSION,
+    ObjectMeta,
+    PodOverrides,
+    ResourceRequirements,
+    Scheduling,
+)
+
+FIELD_MANAGER = "modelyard-operator"
+MANAGED_BY = "modelyard-operator"
+PART_OF = "modelyard"
+SPEC_HASH_ANNOTATION = "modelyard.dev/spec-hash"
+
+Manifest = dict[str, Any]
+
+
+def labels(kind_label: str, name: str, component: str) -> dict[str, str]:
+    """Selector-safe labels of every child; never copied from the custom resource's own."""
+    return {
+        "app.kubernetes.io/name": PART_OF,
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        f"modelyard.dev/{kind_label}": name,
+    }
+
+
+def owner_reference(kind: str, meta: ObjectMeta) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": kind,
+        "name": meta.name,
+        "uid": meta.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def child(
+    api_version: str,
+    kind: str,
+    name: str,
+    owner: tuple[str, ObjectMeta],
+    child_labels: dict[str, str],
+    body: dict[str, Any],
+) -> Manifest:
+    """A complete child manifest, owned by the custom resource."""
+    owner_kind, meta = owner
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": {
+            "name": name,
+            "namespace": meta.namespace,
+            "labels": child_labels,
+            "ownerReferences": [owner_reference(owner_kind, meta)],
+        },
+        **body,
+    }
+
+
+def with_spec_hash(manifest: Manifest) -> Manifest:
+    """Stamp the manifest with a hash of itself, so an unchanged child is never re-applied."""
+    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+    metadata = manifest["metadata"]
+    annotations = {**metadata.get("annotations", {}), SPEC_HASH_ANNOTATION: digest}
+    return {**manifest, "metadata": {**metadata, "annotations": annotations}}
+
+
+def restricted_pod_security() -> dict[str, Any]:
+    """Pod-level securityContext that Pod Security 'restricted' admits."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "runAsGroup": 1000,
+        "fsGroup": 1000,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def restricted_container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def scheduling_fields(scheduling: Scheduling) -> dict[str, Any]:
+    """nodeSelector, tolerations, affinity, priority class and scheduler, when set."""
+    fields: dict[str, Any] = {}
+    if scheduling.node_selector:
+        fields["nodeSelector"] = dict(scheduling.node_selector)
+    if scheduling.tolerations:
+        fields["tolerations"] = [
+            t.model_dump(by_alias=True, exclude_none=True) for t in scheduling.tolerations
+        ]
+    if scheduling.affinity:
+        fields["affinity"] = scheduling.affinity
+    if scheduling.priority_class_name:
+        fields["priorityClassName"] = scheduling.priority_class_name
+    if scheduling.scheduler_name:
+        fields["schedulerName"] = scheduling.scheduler_name
+    return fields
+
+
+def pod_override_fields(pod: PodOverrides, service_account: str | None) -> dict[str, Any]:
+    """Pod-spec fields from the user's overrides (image pull secrets, service account)."""
+    fields: dict[str, Any] = {}
+    if pod.image_pull_secrets:
+        fields["imagePullSecrets"] = [{"name": n} for n in pod.image_pull_secrets]
+    account = pod.service_account_name or service_account
+    if account:
+        fields["serviceAccountName"] = account
+    return fields
+
+
+def user_env(pod: PodOverrides) -> list[dict[str, Any]]:
+    return [e.model_dump(by_alias=True, exclude_none=True) for e in pod.env]
+
+
+def resources(requirements: ResourceRequirements) -> dict[str, Any]:
+    parts = {"requests": requirements.requests, "limits": requirements.limits}
+    return {key: dict(value) for key, value in parts.items() if value}
+
+
+def pvc_claim_and_path(uri: str) -> tuple[str, str]:
+    """`pvc://claim/some/path` -> ('claim', 'some/path')."""
+    rest = uri.removeprefix("pvc://")
+    claim, _, path = rest.partition("/")
+    return claim, path.strip("/")

@@ -1,0 +1,295 @@
+"""Children of a ModelTraining: config, progress, identity, network, and one Job per attempt."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from modelyard_operator.api.training import ModelTraining
+from modelyard_operator.builders.common import (
+    Manifest,
+    child,
+    labels,
+    pod_override_fields,
+    pvc_claim_and_path,
+    resources,
+    restricted_container_security,
+    restricted_pod_security,
+    scheduling_fields,
+    user_env,
+)
+from modelyard_operator.settings import Settings
+from modelyard_trainer import contracts
+from modelyard_trainer.config import TRAINER_SPEC_KEYS
+
+KIND = "ModelTraining"
+KIND_LABEL = "training"
+ATTEMPT_LABEL = "modelyard.dev/attempt"
+GENERATION_LABEL = "modelyard.dev/generation"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+CONTAINER = "trainer"
+CONFIG_DIR = "/etc/modelyard"
+CONFIG_FILE = "trainer.yaml"
+
+
+def config_map_name(name: str) -> str:
+    return f"{name}-config"
+
+
+def progress_config_map_name(name: str) -> str:
+    return f"{name}-progress"
+
+
+def service_account_name(name: str) -> str:
+    return f"{name}-trainer"
+
+
+def job_name(name: str, attempt: int) -> str:
+    return f"{name}-a{attempt}"
+
+
+def rendezvous_id(mt: ModelTraining, attempt: int) -> str:
+    """Unique per attempt, so that no worker of an old attempt can join a new one."""
+    return f"{mt.metadata.uid[:8]}-g{mt.metadata.generation}-a{attempt}"
+
+
+def training_labels(mt: ModelTraining, component: str) -> dict[str, str]:
+    return labels(KIND_LABEL, mt.metadata.name, component)
+
+
+def _child(
+    mt: ModelTraining, api_version: str, kind: str, name: str, component: str, body: dict[str, Any]
+) -> Manifest:
+    owner = (KIND, mt.metadata)
+    return child(api_version, kind, name, owner, training_labels(mt, component), body)
+
+
+def trainer_config_map(mt: ModelTraining) -> Manifest:
+    """The trainer's own config (model, data, training, checkpoint, export) as YAML."""
+    section = mt.spec.model_dump(by_alias=True, include=set(TRAINER_SPEC_KEYS))
+    text = yaml.safe_dump(section, sort_keys=True)
+    return _child(
+        mt,
+        "v1",
+        "ConfigMap",
+        config_map_name(mt.metadata.name),
+        "config",
+        {"data": {CONFIG_FILE: text}},
+    )
+
+
+def progress_config_map(mt: ModelTraining) -> Manifest:
+    """Created empty: rank 0 owns its data, so the operator applies no data field."""
+    return _child(mt, "v1", "ConfigMap", progress_config_map_name(mt.metadata.name), "progress", {})
+
+
+def service_account(mt: ModelTraining) -> Manifest:
+    return _child(mt, "v1", "ServiceAccount", service_account_name(mt.metadata.name), "worker", {})
+
+
+def progress_role(mt: ModelTraining) -> Manifest:
+    """The workers may read and patch their own progress ConfigMap, and nothing else."""
+    rules = [
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": [progress_config_map_name(mt.metadata.name)],
+            "verbs": ["get", "patch", "update"],
+        }
+    ]
+    name = service_account_name(mt.metadata.name)
+    return _child(mt, "rbac.authorization.k8s.io/v1", "Role", name, "worker", {"rules": rules})
+
+
+def progress_role_binding(mt: ModelTraining) -> Manifest:
+    name = service_account_name(mt.metadata.name)
+    body = {
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": mt.metadata.namespace}],
+    }
+    return _child(mt, "rbac.authorization.k8s.io/v1", "RoleBinding", name, "worker", body)
+
+
+def headless_service(mt: ModelTraining, settings: Settings) -> Manifest:
+    """Stable DNS for ranks: `<job>-<index>.<name>`; ready or not, peers must resolve."""
+    body = {
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {f"modelyard.dev/{KIND_LABEL}": mt.metadata.name},
+            "ports": [{"name": "rendezvous", "port": settings.master_port, "protocol": "TCP"}],
+        }
+    }
+    return _child(mt, "v1", "Service", mt.metadata.name, "rendezvous", body)
+
+
+def network_policy(mt: ModelTraining) -> Manifest:
+    """Only the gang reaches its workers: rendezvous and the collectives' (ephemeral) ports."""
+    gang = {"matchLabels": {f"modelyard.dev/{KIND_LABEL}": mt.metadata.name}}
+    body = {
+        "spec": {
+            "podSelector": gang,
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": gang}]}],
+        }
+    }
+    return _child(mt, "networking.k8s.io/v1", "NetworkPolicy", mt.metadata.name, "worker", body)
+
+
+def static_children(mt: ModelTraining, settings: Settings) -> list[Manifest]:
+    """Everything but the Jobs: applied on every reconcile while the run's children live."""
+    children = [
+        trainer_config_map(mt),
+        progress_config_map(mt),
+        headless_service(mt, settings),
+        network_policy(mt),
+    ]
+    if not mt.spec.pod.service_account_name:
+        children += [service_account(mt), progress_role(mt), progress_role_binding(mt)]
+    return children
+
+
+def _worker_env(mt: ModelTraining, attempt: int, settings: Settings) -> list[dict[str, Any]]:
+    spec, meta = mt.spec, mt.metadata
+    master = f"{job_name(meta.name, attempt)}-0.{meta.name}"
+    rank_ref = {"valueFrom": {"fieldRef": {"fieldPath": COMPLETION_INDEX}}}
+    env: list[dict[str, Any]] = [
+        {"name": "PET_NNODES", "value": str(spec.workers)},
+        {"name": "PET_NODE_RANK", **rank_ref},
+        {"name": "PET_NPROC_PER_NODE", "value": str(spec.processes_per_worker)},
+        {"name": "PET_MASTER_ADDR", "value": master},
+        {"name": "PET_MASTER_PORT", "value": str(settings.master_port)},
+        {"name": "PET_RDZV_ID", "value": rendezvous_id(mt, attempt)},
+    ]
+    if spec.processes_per_worker == 1:
+        env += [
+            {"name": "MASTER_ADDR", "value": master},
+            {"name": "MASTER_PORT", "value": str(settings.master_port)},
+            {"name": "WORLD_SIZE", "value": str(spec.workers)},
+            {"name": "RANK", **rank_ref},
+        ]
+    env += [
+        {"name": contracts.ENV_RUN_NAMESPACE, "value": meta.namespace},
+        {"name": contracts.ENV_RUN_NAME, "value": meta.name},
+        {"name": contracts.ENV_RUN_UID, "value": meta.uid},
+        {"name": contracts.ENV_RUN_GENERATION, "value": str(meta.generation)},
+        {"name": contracts.ENV_ATTEMPT, "value": str(attempt)},
+        {"name": contracts.ENV_OUTPUT_URI, "value": spec.output.uri},
+        {"name": contracts.ENV_PROGRESS_CONFIGMAP, "value": progress_config_map_name(meta.name)},
+        {"name": contracts.ENV_PVC_MOUNT_ROOT, "value": contracts.DEFAULT_PVC_MOUNT_ROOT},
+    ]
+    return env + user_env(spec.pod)
+
+
+def _claims(mt: ModelTraining) -> list[str]:
+    """Claims to mount under the PVC root: the output's, and the data's when it is on a PVC."""
+    claims = [pvc_claim_and_path(mt.spec.output.uri)[0]]
+    data_uri = mt.spec.data.source.uri
+    if data_uri and data_uri.startswith("pvc://"):
+        claims.append(pvc_claim_and_path(data_uri)[0])
+    return sorted(set(claims))
+
+
+def _command(mt: ModelTraining, output_dir: str) -> list[str]:
+    args = [
+        "-m",
+        "modelyard_trainer",
+        "--config",
+        f"{CONFIG_DIR}/{CONFIG_FILE}",
+        "--output",
+        output_dir,
+    ]
+    if mt.spec.processes_per_worker == 1:
+        return ["python", *args]
+    # torchrun reads PET_NNODES, PET_NODE_RANK, PET_MASTER_ADDR, ... from the environment.
+    return ["torchrun", *args]
+
+
+def job(mt: ModelTraining, attempt: int, settings: Settings) -> Manifest:
+    """One attempt: an Indexed Job whose pods form one DDP gang."""
+    spec, meta = mt.spec, mt.metadata
+    claim, prefix = pvc_claim_and_path(spec.output.uri)
+    output_dir = "/".join(p for p in (contracts.DEFAULT_PVC_MOUNT_ROOT, claim, prefix) if p)
+    job_labels = {
+        **training_labels(mt, "worker"),
+        ATTEMPT_LABEL: str(attempt),
+        GENERATION_LABEL: str(meta.generation),
+    }
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": config_map_name(meta.name)}},
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm_size}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "shm", "mountPath": "/dev/shm"},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    for index, claim_name in enumerate(_claims(mt)):
+        volumes.append({"name": f"pvc-{index}", "persistentVolumeClaim": {"claimName": claim_name}})
+        mounts.append(
+            {
+                "name": f"pvc-{index}",
+                "mountPath": f"{contracts.DEFAULT_PVC_MOUNT_ROOT}/{claim_name}",
+            }
+        )
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": spec.pod.image or settings.trainer_image,
+        "imagePullPolicy": spec.pod.image_pull_policy or settings.image_pull_policy,
+        "command": _command(mt, output_dir),
+        "env": _worker_env(mt, attempt, settings),
+        "ports": [{"name": "rendezvous", "containerPort": settings.master_port}],
+        "resources": resources(spec.resources),
+        "volumeMounts": mounts + spec.pod.volume_mounts,
+        "securityContext": restricted_container_security(),
+        "terminationMessagePath": contracts.DEFAULT_TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_labels = {**spec.pod.labels, **job_labels}
+    pod_spec: dict[str, Any] = {
+        "subdomain": meta.name,
+        "restartPolicy": "Never",
+        "securityContext": restricted_pod_security(),
+        "containers": [container],
+        "volumes": volumes + spec.pod.volumes,
+        **pod_override_fields(spec.pod, service_account_name(meta.name)),
+        **scheduling_fields(spec.scheduling),
+    }
+    template: dict[str, Any] = {"metadata": {"labels": pod_labels}, "spec": pod_spec}
+    if spec.pod.annotations:
+        template["metadata"]["annotations"] = dict(spec.pod.annotations)
+    job_spec: dict[str, Any] = {
+        "completionMode": "Indexed",
+        "completions": spec.workers,
+        "parallelism": spec.workers,
+        "backoffLimit": 0,
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": CONTAINER,
+                        "operator": "In",
+                        "values": sorted(int(code) for code in contracts.PERMANENT_EXIT_CODES),
+                    },
+                },
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            ]
+        },
+        "template": template,
+    }
+    if spec.scheduling.queue_name:
+        job_labels[QUEUE_LABEL] = spec.scheduling.queue_name
+        # Created suspended; from then on Kueue alone owns `suspend`.
+        job_spec["suspend"] = True
+    return child(
+        "batch/v1",
+        "Job",
+        job_name(meta.name, attempt),
+        (KIND, meta),
+        job_labels,
+        {"spec": job_spec},
+    )

@@ -1,0 +1,54 @@
+"""Operator settings, read once from the environment (the chart sets them)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ENV_PREFIX = "MODELYARD_"
+
+
+class SettingsError(ValueError):
+    """An operator setting is invalid; the message names the variable."""
+
+
+class Settings(BaseModel):
+    """What the operator needs to know that is not in a custom resource."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    trainer_image: str = Field(
+        "modelyard/trainer:0.1.0", description="Default image of training workers."
+    )
+    server_image: str = Field("modelyard/server:0.1.0", description="Default image of servers.")
+    image_pull_policy: str = Field("IfNotPresent", description="Pull policy of default images.")
+    namespaces: tuple[str, ...] = Field(
+        (), description="Namespaces to watch (comma-separated); empty watches the cluster."
+    )
+    resync_seconds: float = Field(
+        30.0, gt=0, description="Slow timer: every object is reconciled at least this often."
+    )
+    progress_seconds: float = Field(
+        10.0, gt=0, description="How often a running training's progress is read into status."
+    )
+    master_port: int = Field(29500, ge=1, le=65535, description="Rendezvous port of rank 0.")
+    cluster_domain: str = Field("cluster.local", description="DNS domain of the cluster.")
+    metrics_port: int = Field(8080, ge=1, le=65535, description="Port of /metrics and /healthz.")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
+        values: dict[str, object] = {}
+        for name in cls.model_fields:
+            raw = environ.get(ENV_PREFIX + name.upper())
+            if raw is None:
+                continue
+            values[name] = tuple(p for p in raw.split(",") if p) if name == "namespaces" else raw
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{ENV_PREFIX}{str(e['loc'][0]).upper()}: {e['msg']}" for e in error.errors()
+            )
+            raise SettingsError(problems) from None

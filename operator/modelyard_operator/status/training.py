@@ -1,0 +1,439 @@
+"""What a ModelTraining should look like now: its status and the next step of its run.
+
+`plan_training` is pure: the handler observes Jobs, Pods and the progress record, calls it, and
+carries out the plan (create or delete Jobs, patch status, post Events).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from modelyard_operator.api.training import (
+    FailureStatus,
+    ModelTraining,
+    ModelTrainingStatus,
+    Progress,
+    TrainingResultStatus,
+    WorkerCounts,
+)
+from modelyard_operator.builders.training import ATTEMPT_LABEL, CONTAINER, GENERATION_LABEL
+from modelyard_operator.status.conditions import (
+    container_status,
+    humanize_seconds,
+    object_condition,
+    object_condition_true,
+    parse_time,
+    rfc3339,
+    set_condition,
+)
+from modelyard_trainer.contracts import (
+    PERMANENT_EXIT_CODES,
+    ProgressRecord,
+    TrainingFailure,
+    TrainingResult,
+    join_uri,
+    parse_termination_message,
+)
+
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+ACTIVE_POD_PHASES = ("Pending", "Running", "Unknown")
+# While pods of an ended attempt are still going away, look again soon.
+SHORT_REQUEUE_SECONDS = 2.0
+
+Manifest = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the handler read from the API server for one ModelTraining."""
+
+    jobs: list[Manifest]
+    pods: list[Manifest]
+    progress: ProgressRecord | None
+    now: datetime
+
+
+@dataclass
+class Plan:
+    status: ModelTrainingStatus
+    keep_children: bool = True
+    create_attempt: int | None = None
+    delete_jobs: list[str] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+
+
+def _label_int(obj: Manifest, key: str) -> int:
+    try:
+        return int(((obj.get("metadata") or {}).get("labels") or {}).get(key, "0"))
+    except ValueError:
+        return 0
+
+
+def _name(obj: Manifest) -> str:
+    return str(obj["metadata"]["name"])
+
+
+def _deleting(obj: Manifest) -> bool:
+    return bool(obj["metadata"].get("deletionTimestamp"))
+
+
+def _active(pod: Manifest) -> bool:
+    return (pod.get("status") or {}).get("phase", "Pending") in ACTIVE_POD_PHASES
+
+
+def _rank(pod: Manifest) -> int | None:
+    value = (pod["metadata"].get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION)
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def _terminated(pod: Manifest) -> dict[str, Any]:
+    status = container_status(pod, CONTAINER) or {}
+    return dict((status.get("state") or {}).get("terminated") or {})
+
+
+class _Run:
+    """One reconcile's worth of state transitions, accumulated into a Plan."""
+
+    def __init__(self, mt: ModelTraining, observed: Observed) -> None:
+        self.mt = mt
+        self.observed = observed
+        self.now = observed.now
+        self.generation = mt.metadata.generation
+        self.plan = Plan(status=mt.status.model_copy(deep=True))
+
+    @property
+    def status(self) -> ModelTrainingStatus:
+        return self.plan.status
+
+    def condition(self, type_: str, value: bool, reason: str, message: str = "") -> None:
+        self.status.conditions = set_condition(
+            self.status.conditions, type_, value, reason, message, self.now, self.generation
+        )
+
+    def event(self, type_: Literal["Normal", "Warning"], reason: str, message: str) -> None:
+        self.plan.events.append(Event(type_, reason, message))
+
+    def delete(self, job: Manifest) -> None:
+        if not _deleting(job) and _name(job) not in self.plan.delete_jobs:
+            self.plan.delete_jobs.append(_name(job))
+
+    def requeue(self, seconds: float) -> None:
+        current = self.plan.requeue_after
+        self.plan.requeue_after = seconds if current is None else min(current, seconds)
+
+    def finish(self, succeeded: bool, reason: str, message: str) -> None:
+        self.status.phase = "Succeeded" if succeeded else "Failed"
+        self.status.completion_time = rfc3339(self.now)
+        self.condition("Succeeded", succeeded, reason if succeeded else "RunFailed", message)
+        self.condition("Failed", not succeeded, "RunSucceeded" if succeeded else reason, message)
+        self.condition("Running", False, reason, message)
+        self.condition("Restarting", False, reason, message)
+        self.event("Normal" if succeeded else "Warning", reason, message)
+
+
+def plan_training(mt: ModelTraining, observed: Observed) -> Plan:
+    """The status and next step of a ModelTraining, from what was observed."""
+    run = _Run(mt, observed)
+    _start_new_run_on_new_generation(run)
+    jobs = [j for j in observed.jobs if _label_int(j, GENERATION_LABEL) == run.generation]
+    for stale in (j for j in observed.jobs if j not in jobs):
+        run.delete(stale)  # an edit ends the previous generation's attempt
+    status = run.status
+    status.attempt = max([status.attempt, *(_label_int(j, ATTEMPT_LABEL) for j in jobs)])
+    current = next((j for j in jobs if _label_int(j, ATTEMPT_LABEL) == status.attempt), None)
+    pods = [p for p in observed.pods if current and _label_int(p, ATTEMPT_LABEL) == status.attempt]
+    status.workers = _count_workers(pods)
+
+    if status.phase in ("Succeeded", "Failed"):
+        _after_the_end(run, jobs)
+    elif mt.spec.run_policy.suspend:
+        _suspend(run, jobs)
+    elif current is None or _deleting(current):
+        _start_next_attempt(run)
+    else:
+        _follow_attempt(run, current, pods)
+    return run.plan
+
+
+def _start_new_run_on_new_generation(run: _Run) -> None:
+    previous = run.mt.status
+    if previous.observed_generation == run.generation:
+        return
+    if previous.observed_generation is not None:
+        run.event("Normal", "NewRun", f"Spec generation {run.generation} starts a new run")
+    run.plan.status = ModelTrainingStatus(
+        observed_generation=run.generation,
+        phase="Pending",
+        attempt=previous.attempt,  # attempts are numbered across generations: Job names stay unique
+        result=previous.result,
+        conditions=previous.conditions,
+    )
+    for type_ in ("Succeeded", "Failed", "Running", "Restarting", "Suspended"):
+        if any(c.type == type_ for c in previous.conditions):
+            run.condition(type_, False, "NewRun", f"generation {run.generation} started")
+
+
+def _count_workers(pods: list[Manifest]) -> WorkerCounts:
+    phases = [(p.get("status") or {}).get("phase", "Pending") for p in pods]
+    return WorkerCounts(
+        active=sum(phase in ACTIVE_POD_PHASES for phase in phases),
+        ready=sum(object_condition_true(p, "Ready") for p in pods),
+        succeeded=phases.count("Succeeded"),
+        failed=phases.count("Failed"),
+    )
+
+
+def _after_the_end(run: _Run, jobs: list[Manifest]) -> None:
+    """No pod keeps running after the end; the TTL removes the children."""
+    for job in jobs:
+        if not object_condition_true(job, "Complete") and not object_condition_true(job, "Failed"):
+            run.delete(job)
+    ttl = run.mt.spec.run_policy.ttl_seconds_after_finished
+    completed = parse_time(run.status.completion_time)
+    if ttl is None or completed is None:
+        return
+    left = (completed - run.now).total_seconds() + ttl
+    if left <= 0:
+        run.plan.keep_children = False
+        for job in jobs:
+            run.delete(job)
+    else:
+        run.requeue(left)
+
+
+def _suspend(run: _Run, jobs: list[Manifest]) -> None:
+    for job in jobs:
+        run.delete(job)
+    if run.status.phase != "Suspended":
+        run.event("Normal", "Suspended", "Run suspended: workers stop, checkpoints stay")
+    run.status.phase = "Suspended"
+    run.condition("Suspended", True, "Suspended", "runPolicy.suspend is true")
+    run.condition("Running", False, "Suspended", "the run is suspended")
+
+
+def _previous_attempt_still_running(run: _Run) -> bool:
+    return any(_active(p) for p in run.observed.pods)
+
+
+def _start_next_attempt(run: _Run) -> None:
+    status = run.status
+    if any(c.type == "Suspended" and c.status == "True" for c in status.conditions):
+        run.condition("Suspended", False, "Resumed", "runPolicy.suspend is false")
+        run.event("Normal", "Resumed", "Run resumed from its last checkpoint")
+    if _previous_attempt_still_running(run):
+        # Attempt N+1 never overlaps attempt N: no double-booked GPUs, no stale rank 0.
+        status.phase = "Pending"
+        run.requeue(SHORT_REQUEUE_SECONDS)
+        return
+    if _deadline_passed(run):
+        return
+    status.attempt += 1
+    status.phase = "Pending"
+    status.start_time = status.start_time or rfc3339(run.now)
+    status.progress = Progress()
+    run.plan.create_attempt = status.attempt
+    run.condition("Created", True, "AttemptCreated", f"attempt {status.attempt} created")
+    run.event("Normal", "AttemptCreated", f"Started attempt {status.attempt}")
+
+
+def _deadline_passed(run: _Run) -> bool:
+    deadline = run.mt.spec.run_policy.active_deadline_seconds
+    started = parse_time(run.status.start_time)
+    if deadline is None or started is None:
+        return False
+    left = (started - run.now).total_seconds() + deadline
+    if left > 0:
+        run.requeue(left)
+        return False
+    run.finish(False, "DeadlineExceeded", f"the run did not end within {deadline}s")
+    return True
+
+
+def _follow_attempt(run: _Run, job: Manifest, pods: list[Manifest]) -> None:
+    if object_condition_true(job, "Complete"):
+        _succeed(run, pods)
+    elif object_condition_true(job, "Failed"):
+        _handle_failure(run, job, pods)
+    elif _deadline_passed(run):
+        run.delete(job)
+    else:
+        _running(run, job, pods)
+
+
+def _succeed(run: _Run, pods: list[Manifest]) -> None:
+    rank0 = next((p for p in pods if _rank(p) == 0), None)
+    message = _terminated(rank0).get("message") if rank0 else None
+    parsed = parse_termination_message(message)
+    if not isinstance(parsed, TrainingResult):
+        run.finish(False, "NoResult", "rank 0 ended without a result in its termination message")
+        return
+    run.status.result = TrainingResultStatus(
+        generation=run.generation,
+        artifact_uri=parsed.artifact_uri,
+        model_file=parsed.model_file,
+        model_uri=join_uri(parsed.artifact_uri, parsed.model_file),
+        sha256=parsed.sha256,
+        size_bytes=parsed.size_bytes,
+        metrics=parsed.metrics,
+    )
+    progress = run.status.progress
+    run.status.progress = progress.model_copy(
+        update={
+            "stage": "Done",
+            "percent": 100.0,
+            "eta_seconds": 0.0,
+            "eta": "0s",
+            "summary": f"{progress.epochs}/{progress.epochs} (100%)",
+        }
+    )
+    accuracy = parsed.metrics.get("test_accuracy")
+    summary = f" (test accuracy {accuracy:.4f})" if accuracy is not None else ""
+    run.finish(True, "RunSucceeded", f"model at {run.status.result.model_uri}{summary}")
+
+
+def _failure_of(attempt: int, job: Manifest, pods: list[Manifest]) -> FailureStatus:
+    """The failure that ended an attempt: a worker's own report first, then its exit code."""
+    failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
+    reports = []
+    for pod in failed:
+        terminated = _terminated(pod)
+        parsed = parse_termination_message(terminated.get("message"))
+        reports.append((pod, terminated, parsed if isinstance(parsed, TrainingFailure) else None))
+    # Prefer a worker that said why (its peers merely lost it), then the earliest to fail.
+    reports.sort(key=lambda r: (r[2] is None, str(r[1].get("finishedAt", ""))))
+    if not reports:
+        job_failed = object_condition(job, "Failed") or {}
+        return FailureStatus(
+            attempt=attempt,
+            reason=str(job_failed.get("reason") or "JobFailed"),
+            message=str(job_failed.get("message") or "the attempt's Job failed"),
+        )
+    pod, terminated, report = reports[0]
+    exit_code = terminated.get("exitCode")
+    reason: str = str(terminated.get("reason") or "Error")
+    message = str(terminated.get("message") or f"worker exited with code {exit_code}")
+    if report is not None:
+        reason, message, exit_code = report.reason, report.message, report.exit_code
+    return FailureStatus(
+        attempt=attempt,
+        rank=_rank(pod),
+        exit_code=exit_code,
+        reason=reason,
+        message=message[:1024],
+        permanent=exit_code in PERMANENT_EXIT_CODES,
+    )
+
+
+def _handle_failure(run: _Run, job: Manifest, pods: list[Manifest]) -> None:
+    status, policy = run.status, run.mt.spec.run_policy
+    disrupted = any(object_condition_true(p, "DisruptionTarget") for p in pods)
+    failure = status.last_failure
+    if failure is None or failure.attempt != status.attempt:  # not yet counted
+        failure = _failure_of(status.attempt, job, pods)
+        failed_condition = object_condition(job, "Failed") or {}
+        if failed_condition.get("reason") == "PodFailurePolicy":
+            failure.permanent = True
+        status.last_failure = failure
+        if not disrupted and not failure.permanent:
+            status.failed_attempts += 1
+        where = f"rank {failure.rank}" if failure.rank is not None else "the gang"
+        run.event(
+            "Warning",
+            "AttemptFailed",
+            f"attempt {status.attempt} failed on {where}: {failure.reason}: {failure.message}",
+        )
+    if failure.permanent:
+        run.finish(False, failure.reason, f"permanent failure: {failure.message}")
+    elif status.failed_attempts > policy.backoff_limit:
+        run.finish(
+            False,
+            "BackoffLimitExceeded",
+            f"{status.failed_attempts} attempts failed (backoffLimit {policy.backoff_limit});"
+            f" last: {failure.reason}: {failure.message}",
+        )
+    else:
+        why = "a disruption (not counted)" if disrupted else f"{failure.reason}"
+        run.condition(
+            "Restarting",
+            True,
+            "AttemptFailed",
+            f"attempt {status.attempt} ended by {why}; restarting the gang from the last"
+            " checkpoint",
+        )
+        run.condition("Running", False, "AttemptFailed", failure.message)
+        status.phase = "Pending"
+        run.delete(job)
+        run.requeue(SHORT_REQUEUE_SECONDS)
+
+
+def _running(run: _Run, job: Manifest, pods: list[Manifest]) -> None:
+    status, spec = run.status, run.mt.spec
+    _check_schedulable(run, pods)
+    running = sum((p.get("status") or {}).get("phase") == "Running" for p in pods)
+    if running < spec.workers:
+        status.phase = "Pending"
+        return
+    if status.phase != "Running" and status.phase != "Exporting":
+        run.event(
+            "Normal", "Running", f"all {spec.workers} workers of attempt {status.attempt} run"
+        )
+    status.phase = "Running"
+    run.condition("Running", True, "WorkersRunning", f"{running}/{spec.workers} workers running")
+    run.condition("Restarting", False, "WorkersRunning", "")
+    _take_progress(run)
+
+
+def _check_schedulable(run: _Run, pods: list[Manifest]) -> None:
+    timeout = run.mt.spec.run_policy.schedule_timeout_seconds
+    stuck = []
+    for pod in pods:
+        scheduled = object_condition(pod, "PodScheduled") or {}
+        created = parse_time(pod["metadata"].get("creationTimestamp"))
+        waited = (run.now - created).total_seconds() if created else 0.0
+        if scheduled.get("reason") == "Unschedulable" and waited >= timeout:
+            stuck.append(str(scheduled.get("message") or "unschedulable"))
+    if stuck:
+        run.condition(
+            "Unschedulable",
+            True,
+            "Unschedulable",
+            f"{len(stuck)} worker(s) unschedulable for over {timeout}s: {stuck[0]}",
+        )
+    elif any(c.type == "Unschedulable" for c in run.status.conditions):
+        run.condition("Unschedulable", False, "Scheduled", "every worker is scheduled")
+
+
+def _take_progress(run: _Run) -> None:
+    record = run.observed.progress
+    if (
+        record is None
+        or record.generation != run.generation
+        or record.attempt != run.status.attempt
+    ):
+        return
+    eta = record.eta_seconds
+    run.status.progress = Progress(
+        stage=record.stage,
+        epoch=record.epoch,
+        epochs=record.epochs,
+        percent=round(record.percent, 1),
+        summary=f"{record.epoch}/{record.epochs} ({record.percent:.0f}%)",
+        loss=record.loss,
+        validation=record.validation,
+        samples_per_second=record.samples_per_second,
+        eta_seconds=eta,
+        eta=humanize_seconds(eta) if eta is not None else "",
+        updated_at=record.updated_at or None,
+    )
+    if record.stage == "Exporting":
+        run.status.phase = "Exporting"
