@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 from modelyard_server.config import ServerConfig, ServerSettings, SettingsError
 from modelyard_server.contracts import (
     TERMINATION_MESSAGE_MAX_BYTES,

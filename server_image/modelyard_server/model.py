@@ -1,0 +1,171 @@
+"""Loading an ONNX model into ONNX Runtime: verify, open, warm up, find out if it batches."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from modelyard_server.config import ServerConfig, ServerSettings
+from modelyard_server.contracts import LoadFailureReason
+from modelyard_server.signature import ONNX_TO_OIP, ModelSignature, TensorSpec, dims_of
+
+log = logging.getLogger(__name__)
+
+_OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+_CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
+
+
+class LoadError(Exception):
+    """The model cannot be served; `reason` is the LoadFailure reason."""
+
+    def __init__(self, reason: LoadFailureReason, message: str) -> None:
+        super().__init__(message)
+        self.reason: LoadFailureReason = reason
+        self.message = message
+
+
+def sha256_of(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def verify_sha256(path: Path, expected: str | None) -> str:
+    """The file's sha256; LoadError ChecksumMismatch when it is not the expected one."""
+    actual = sha256_of(path)
+    if expected is not None and actual != expected.lower():
+        raise LoadError(
+            "ChecksumMismatch", f"sha256 of {path} is {actual}, expected {expected.lower()}"
+        )
+    return actual
+
+
+def session_options(config: ServerConfig) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = config.intra_op_threads
+    options.inter_op_num_threads = config.inter_op_threads
+    options.graph_optimization_level = _OPT_LEVELS[config.graph_optimization_level]
+    options.log_severity_level = 3
+    # The event loop shares the CPU with ONNX Runtime: idle workers must sleep, not spin.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
+
+
+def providers_for(config: ServerConfig) -> list[str]:
+    available = ort.get_available_providers()
+    if config.execution_provider == "cpu":
+        return [_CPU]
+    if config.execution_provider == "cuda" and _CUDA not in available:
+        raise LoadError(
+            "ProviderUnavailable",
+            f"executionProvider is cuda but this ONNX Runtime offers only {available}",
+        )
+    return [_CUDA, _CPU] if _CUDA in available else [_CPU]
+
+
+def signature_of(session: ort.InferenceSession) -> ModelSignature:
+    def spec(arg: ort.NodeArg) -> TensorSpec:
+        datatype = ONNX_TO_OIP.get(arg.type, arg.type)
+        return TensorSpec(arg.name, datatype, dims_of(arg.shape))
+
+    return ModelSignature(
+        inputs=tuple(spec(a) for a in session.get_inputs()),
+        outputs=tuple(spec(a) for a in session.get_outputs()),
+    )
+
+
+@dataclass
+class LoadedModel:
+    session: ort.InferenceSession
+    signature: ModelSignature
+    batchable: bool
+    sha256: str
+    providers: list[str]
+    load_seconds: float
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        outputs = self.session.run(None, feed)
+        return [np.asarray(o) for o in outputs]
+
+
+def dummy_feed(signature: ModelSignature, rows: int) -> dict[str, np.ndarray]:
+    """Zeros for every input, `rows` in the first dimension when it is dynamic."""
+    feed: dict[str, np.ndarray] = {}
+    for spec in signature.inputs:
+        shape = list(spec.shape or ())
+        if shape and shape[0] == -1:
+            shape[0] = rows
+        shape = [1 if d == -1 else d for d in shape]
+        if spec.dtype is not None:
+            feed[spec.name] = np.zeros(shape, dtype=spec.dtype)
+        else:
+            feed[spec.name] = np.full(shape, "", dtype=object)
+    return feed
+
+
+def _rows_follow_inputs(model: LoadedModel, rows: int) -> bool:
+    outputs = model.run(dummy_feed(model.signature, rows))
+    return all(o.ndim >= 1 and o.shape[0] == rows for o in outputs)
+
+
+def load_model(settings: ServerSettings) -> LoadedModel:
+    """Verify, open and warm up the model; LoadError says why when it cannot be served."""
+    started = time.perf_counter()
+    path = Path(settings.model_path)
+    if not path.is_file():
+        raise LoadError("ModelNotFound", f"no model file at {path}")
+    try:
+        digest = verify_sha256(path, settings.sha256)
+    except OSError as exc:
+        raise LoadError("ModelNotFound", f"cannot read {path}: {exc}") from None
+    providers = providers_for(settings)
+    try:
+        session = ort.InferenceSession(
+            str(path), sess_options=session_options(settings), providers=providers
+        )
+    except Exception as exc:  # ONNX Runtime raises several unrelated types for a bad file
+        raise LoadError("InvalidModel", f"ONNX Runtime cannot load {path}: {exc}") from None
+    if settings.execution_provider == "cuda" and _CUDA not in session.get_providers():
+        raise LoadError("ProviderUnavailable", "CUDA is installed but no GPU could be used")
+    signature = signature_of(session)
+    unsupported = [s.name for s in signature.inputs if s.dtype is None]
+    if unsupported:
+        raise LoadError(
+            "InvalidModel",
+            f"inputs {unsupported} have datatypes that this server cannot receive "
+            f"({[s.datatype for s in signature.inputs if s.dtype is None]})",
+        )
+    model = LoadedModel(session, signature, False, digest, session.get_providers(), 0.0)
+    try:
+        model.run(dummy_feed(signature, 1))
+    except Exception as exc:
+        raise LoadError("WarmupFailed", f"warm-up inference on {path} failed: {exc}") from None
+    if settings.max_batch_size > 1 and signature.batch_dim_is_dynamic:
+        # The signature promises a batch dimension; check that the outputs follow it.
+        try:
+            model.batchable = _rows_follow_inputs(model, 2)
+        except Exception as exc:
+            log.warning("batching off: a batch of 2 rows fails (%s)", exc)
+        if model.batchable:
+            try:
+                model.run(dummy_feed(signature, settings.max_batch_size))
+            except Exception as exc:
+                raise LoadError(
+                    "WarmupFailed",
+                    f"warm-up with a batch of maxBatchSize={settings.max_batch_size} rows "
+                    f"failed: {exc}",
+                ) from None
+    model.load_seconds = time.perf_counter() - started
+    return model

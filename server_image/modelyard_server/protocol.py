@@ -1,0 +1,346 @@
+"""Open Inference Protocol v2 infer requests and responses, JSON and binary tensor extension.
+
+Parsing validates everything against the model's signature before the request reaches the
+batcher, so one client's bad tensor never fails a batch that holds other clients' rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from modelyard_server.errors import bad_request
+from modelyard_server.signature import ALL_DATATYPES, ModelSignature, TensorSpec, datatype_of
+
+MAX_RANK = 32  # numpy's own limit is 64; no real model input comes close
+
+
+@dataclass(frozen=True, slots=True)
+class RequestedOutput:
+    name: str
+    binary: bool
+
+
+@dataclass(slots=True)
+class InferRequest:
+    """A validated request: model inputs in the model's order, ready for ONNX Runtime."""
+
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    outputs: tuple[RequestedOutput, ...]
+    rows: int
+    # Requests with equal keys can be concatenated along the first dimension; None: run alone.
+    batch_key: Hashable | None
+
+
+def _reject_constant(token: str) -> float:
+    raise ValueError(f"{token} is not valid JSON")
+
+
+def _load_json(raw: bytes | memoryview) -> Any:
+    try:
+        return json.loads(bytes(raw), parse_constant=_reject_constant)
+    except RecursionError:
+        raise bad_request("malformed JSON: nested too deeply") from None
+    except ValueError as exc:  # includes JSONDecodeError and UnicodeDecodeError
+        raise bad_request(f"malformed JSON: {exc}") from None
+
+
+def _as_int(value: Any) -> int | None:
+    # bool is an int subclass in Python but never a valid size or dimension.
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def parse_infer_request(
+    body: bytes,
+    header_length: int | None,
+    signature: ModelSignature,
+    *,
+    allow_non_finite: bool = False,
+) -> InferRequest:
+    """Parse and validate one infer request (see the module doc)."""
+    if header_length is None:
+        header, binary = _load_json(body), memoryview(b"")
+    else:
+        if header_length < 0 or header_length > len(body):
+            raise bad_request(
+                f"Inference-Header-Content-Length is {header_length} but the body has "
+                f"{len(body)} bytes"
+            )
+        view = memoryview(body)
+        header, binary = _load_json(view[:header_length]), view[header_length:]
+    if not isinstance(header, dict):
+        raise bad_request("the request must be a JSON object")
+    for key in header:
+        if key not in ("id", "parameters", "inputs", "outputs"):
+            raise bad_request(f"unknown field {key!r} in the request")
+
+    request_id = header.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise bad_request("'id' must be a string")
+    parameters = header.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise bad_request("'parameters' must be an object")
+    binary_output_default = parameters.get("binary_data_output", False)
+    if not isinstance(binary_output_default, bool):
+        raise bad_request("parameters.binary_data_output must be a boolean")
+
+    inputs = _parse_inputs(header.get("inputs"), binary, signature, allow_non_finite)
+    outputs = _parse_outputs(header.get("outputs"), signature, binary_output_default)
+    rows, batch_key = _batch_shape(inputs, signature)
+    return InferRequest(request_id, inputs, outputs, rows, batch_key)
+
+
+def _parse_inputs(
+    raw_inputs: Any, binary: memoryview, signature: ModelSignature, allow_non_finite: bool
+) -> dict[str, np.ndarray]:
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise bad_request("'inputs' must be a non-empty list")
+    parsed: dict[str, np.ndarray] = {}
+    offset = 0
+    for index, raw in enumerate(raw_inputs):
+        if not isinstance(raw, dict):
+            raise bad_request(f"inputs[{index}] must be an object")
+        name = raw.get("name")
+        if not isinstance(name, str):
+            raise bad_request(f"inputs[{index}].name must be a string")
+        spec = signature.input(name)
+        if spec is None:
+            expected = ", ".join(repr(s.name) for s in signature.inputs)
+            raise bad_request(f"unknown input {name!r}; the model's inputs are {expected}")
+        if name in parsed:
+            raise bad_request(f"input {name!r} is given twice")
+        for key in raw:
+            if key not in ("name", "shape", "datatype", "parameters", "data"):
+                raise bad_request(f"unknown field {key!r} in input {name!r}")
+        datatype = raw.get("datatype")
+        if not isinstance(datatype, str) or datatype not in ALL_DATATYPES:
+            raise bad_request(f"input {name!r}: unknown datatype {datatype!r}")
+        if datatype != spec.datatype:
+            raise bad_request(
+                f"input {name!r}: datatype {datatype} does not match the model's {spec.datatype}"
+            )
+        dtype = spec.dtype
+        if dtype is None:
+            raise bad_request(f"input {name!r}: datatype {datatype} is not supported")
+        shape = _check_shape(name, raw.get("shape"), spec)
+        params = raw.get("parameters", {})
+        if not isinstance(params, dict):
+            raise bad_request(f"input {name!r}: 'parameters' must be an object")
+        size_field = params.get("binary_data_size")
+        if size_field is not None:
+            if "data" in raw:
+                raise bad_request(f"input {name!r} has both 'data' and binary_data_size")
+            size = _as_int(size_field)
+            if size is None or size < 0:
+                raise bad_request(f"input {name!r}: binary_data_size must be a non-negative int")
+            if offset + size > len(binary):
+                raise bad_request(
+                    f"input {name!r}: binary_data_size {size} runs past the end of the body "
+                    f"({len(binary) - offset} bytes left)"
+                )
+            array = _from_binary(name, spec, dtype, shape, binary[offset : offset + size])
+            offset += size
+            if not allow_non_finite:
+                _check_finite(name, array)
+        elif "data" in raw:
+            array = _from_json(name, spec, dtype, shape, raw["data"])
+        else:
+            raise bad_request(f"input {name!r} has neither 'data' nor binary_data_size")
+        parsed[name] = array
+    if offset != len(binary):
+        raise bad_request(
+            f"{len(binary) - offset} bytes of binary data follow the inputs that no input claims"
+        )
+    missing = [s.name for s in signature.inputs if s.name not in parsed]
+    if missing:
+        raise bad_request(f"missing input(s): {', '.join(map(repr, missing))}")
+    # ONNX Runtime takes a dict; keep the model's order for a stable batch key.
+    return {s.name: parsed[s.name] for s in signature.inputs}
+
+
+def _check_shape(name: str, raw_shape: Any, spec: TensorSpec) -> tuple[int, ...]:
+    if not isinstance(raw_shape, list) or len(raw_shape) > MAX_RANK:
+        raise bad_request(f"input {name!r}: 'shape' must be a list of at most {MAX_RANK} ints")
+    dims: list[int] = []
+    for dim in raw_shape:
+        value = _as_int(dim)
+        if value is None or value < 0:
+            raise bad_request(f"input {name!r}: shape {raw_shape} must hold non-negative ints")
+        dims.append(value)
+    if spec.shape is not None:
+        if len(dims) != len(spec.shape):
+            raise bad_request(
+                f"input {name!r}: shape {dims} has rank {len(dims)}, the model expects "
+                f"rank {len(spec.shape)} {list(spec.shape)}"
+            )
+        for got, want in zip(dims, spec.shape, strict=True):
+            if want != -1 and got != want:
+                raise bad_request(
+                    f"input {name!r}: shape {dims} does not match the model's {list(spec.shape)}"
+                )
+    return tuple(dims)
+
+
+def _from_binary(
+    name: str, spec: TensorSpec, dtype: np.dtype, shape: tuple[int, ...], blob: memoryview
+) -> np.ndarray:
+    count = math.prod(shape)
+    if len(blob) != count * dtype.itemsize:
+        raise bad_request(
+            f"input {name!r}: binary_data_size {len(blob)} does not match shape {list(shape)} "
+            f"of {spec.datatype} ({count * dtype.itemsize} bytes)"
+        )
+    array = np.frombuffer(blob, dtype=dtype).reshape(shape)
+    if dtype.kind == "b" and array.size and array.view(np.uint8).max() > 1:
+        raise bad_request(f"input {name!r}: BOOL bytes must be 0 or 1")
+    return array
+
+
+def _check_finite(name: str, array: np.ndarray) -> None:
+    if array.dtype.kind == "f" and array.size and not np.isfinite(array).all():
+        raise bad_request(f"input {name!r} holds NaN or infinity")
+
+
+def _from_json(
+    name: str, spec: TensorSpec, dtype: np.dtype, shape: tuple[int, ...], data: Any
+) -> np.ndarray:
+    if not isinstance(data, list):
+        raise bad_request(f"input {name!r}: 'data' must be a (flat or nested) list")
+    try:
+        # Let numpy infer the element type first, so that strings, nulls and ragged lists
+        # are caught as such instead of being coerced.
+        values = np.array(data)
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        raise bad_request(f"input {name!r}: 'data' is not a rectangular array of values") from None
+    count = math.prod(shape)
+    if values.size != count:
+        raise bad_request(
+            f"input {name!r}: shape {list(shape)} needs {count} values, 'data' has {values.size}"
+        )
+    if count == 0:
+        return np.zeros(shape, dtype=dtype)
+    kind = values.dtype.kind
+    if dtype.kind == "b":
+        if kind != "b":
+            raise bad_request(f"input {name!r}: BOOL data must be true/false")
+    elif dtype.kind in "iu":
+        if kind not in "iu":
+            raise bad_request(f"input {name!r}: {spec.datatype} data must be integers")
+        info = np.iinfo(dtype)
+        if values.min() < info.min or values.max() > info.max:
+            raise bad_request(f"input {name!r}: a value is out of range for {spec.datatype}")
+    elif kind not in "iuf":
+        raise bad_request(f"input {name!r}: {spec.datatype} data must be numbers")
+    with np.errstate(over="ignore", invalid="ignore"):
+        array = values.astype(dtype, copy=False).reshape(shape)
+    if dtype.kind == "f" and not np.isfinite(array).all():
+        # JSON has no NaN or infinity; 1e400 parses to inf and 1e39 overflows FP32.
+        raise bad_request(f"input {name!r}: a value is out of range for {spec.datatype}")
+    return array
+
+
+def _parse_outputs(
+    raw_outputs: Any, signature: ModelSignature, binary_default: bool
+) -> tuple[RequestedOutput, ...]:
+    if raw_outputs is None:
+        return tuple(RequestedOutput(name, binary_default) for name in signature.output_names)
+    if not isinstance(raw_outputs, list):
+        raise bad_request("'outputs' must be a list")
+    requested: list[RequestedOutput] = []
+    seen: set[str] = set()
+    for index, raw in enumerate(raw_outputs):
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+            raise bad_request(f"outputs[{index}] must be an object with a string 'name'")
+        name = raw["name"]
+        if name not in signature.output_names:
+            expected = ", ".join(map(repr, signature.output_names))
+            raise bad_request(f"unknown output {name!r}; the model's outputs are {expected}")
+        if name in seen:
+            raise bad_request(f"output {name!r} is requested twice")
+        seen.add(name)
+        params = raw.get("parameters", {})
+        if not isinstance(params, dict):
+            raise bad_request(f"output {name!r}: 'parameters' must be an object")
+        if params.get("classification") not in (None, 0):
+            raise bad_request(f"output {name!r}: the classification extension is not supported")
+        binary = params.get("binary_data", binary_default)
+        if not isinstance(binary, bool):
+            raise bad_request(f"output {name!r}: parameters.binary_data must be a boolean")
+        requested.append(RequestedOutput(name, binary))
+    return tuple(requested)
+
+
+def _batch_shape(
+    inputs: dict[str, np.ndarray], signature: ModelSignature
+) -> tuple[int, Hashable | None]:
+    """Rows of the request and the key of requests it can share a batch with."""
+    if not signature.batch_dim_is_dynamic:
+        return 1, None
+    arrays = list(inputs.values())
+    rows = arrays[0].shape[0]
+    if any(a.shape[0] != rows for a in arrays):
+        return rows, None
+    return rows, tuple(a.shape[1:] for a in arrays)
+
+
+# --- responses ----------------------------------------------------------------------------
+
+
+def _bytes_elements(array: np.ndarray) -> bytes:
+    parts: list[bytes] = []
+    for item in array.ravel():
+        raw = item if isinstance(item, bytes) else str(item).encode()
+        parts.append(struct.pack("<I", len(raw)))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def _json_data(array: np.ndarray) -> list[Any]:
+    if array.dtype.kind in "OSU":
+        return [
+            x.decode(errors="replace") if isinstance(x, bytes) else str(x) for x in array.ravel()
+        ]
+    flat: list[Any] = array.ravel().tolist()
+    return flat
+
+
+def encode_infer_response(
+    model_name: str,
+    model_version: str,
+    request_id: str | None,
+    outputs: Sequence[tuple[RequestedOutput, np.ndarray]],
+) -> tuple[bytes, int | None]:
+    """The response body and, when binary outputs follow the JSON, the JSON's length."""
+    described: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for requested, array in outputs:
+        entry: dict[str, Any] = {
+            "name": requested.name,
+            "datatype": datatype_of(array),
+            "shape": list(array.shape),
+        }
+        if requested.binary:
+            if array.dtype.kind in "OSU":
+                blob = _bytes_elements(array)
+            else:
+                blob = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = _json_data(array)
+        described.append(entry)
+    document: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request_id is not None:
+        document["id"] = request_id
+    document["outputs"] = described
+    header = json.dumps(document, separators=(",", ":")).encode()
+    if not blobs:
+        return header, None
+    return b"".join([header, *blobs]), len(header)

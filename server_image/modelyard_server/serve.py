@@ -1,0 +1,159 @@
+"""The server's life: listen, load and warm up, serve, and shut down gracefully on SIGTERM.
+
+The HTTP listener starts before the model loads, so that liveness answers while a large
+model loads; readiness turns true only after the warm-up inference. On SIGTERM readiness
+turns false first, the server keeps serving for `shutdown_delay_seconds` (Endpoints and load
+balancers need that long to stop routing here), then stops accepting connections and lets
+in-flight requests finish; it exits 0 within `shutdown_grace_seconds` of the signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import signal
+from collections.abc import Generator
+
+import uvicorn
+
+from modelyard_server.app import InferenceApp, ServingState
+from modelyard_server.batcher import Batcher
+from modelyard_server.config import ServerSettings
+from modelyard_server.contracts import EXIT_LOAD_FAILURE, EXIT_OK
+from modelyard_server.metrics import ServerMetrics
+from modelyard_server.model import LoadError, load_model
+from modelyard_server.termination import report_load_failure
+
+log = logging.getLogger("modelyard_server")
+
+
+class _UvicornServer(uvicorn.Server):
+    # uvicorn would install its own handlers and re-raise SIGTERM after shutdown, which ends
+    # the process with 143 instead of 0; our handlers (see Lifecycle) own the signals.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class Lifecycle:
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.metrics = ServerMetrics(settings.model_name)
+        self.state = ServingState()
+        self.app = InferenceApp(settings, self.state, self.metrics)
+        config = uvicorn.Config(
+            self.app,
+            host=settings.host,
+            port=settings.port,
+            http="httptools",
+            loop="none",
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            # Longer than the idle timeout of common proxies, so they close first.
+            timeout_keep_alive=75,
+            # An upper bound only: _grace_over ends the drain at the exact grace period.
+            timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
+        )
+        self.server = _UvicornServer(config)
+        self.exit_code = EXIT_OK
+        self._terminating = False
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        serving = asyncio.create_task(self.server.serve(), name="http")
+        loading = asyncio.create_task(self._load(), name="load")
+        try:
+            await serving
+        except SystemExit as exc:  # uvicorn exits like this when it cannot bind the port
+            log.error("the HTTP server could not start")
+            self.exit_code = exc.code if isinstance(exc.code, int) and exc.code else 1
+        finally:
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loading
+            if self.state.batcher is not None:
+                await self.state.batcher.stop()
+        return self.exit_code
+
+    async def _load(self) -> None:
+        s = self.settings
+        try:
+            model = await asyncio.to_thread(load_model, s)
+        except LoadError as exc:
+            report_load_failure(s.termination_log, exc.reason, exc.message)
+            self.exit_code = EXIT_LOAD_FAILURE
+            self.server.should_exit = True
+            return
+        batcher = Batcher(
+            model.run,
+            max_batch_size=s.max_batch_size if model.batchable else 1,
+            max_batch_delay_s=s.max_batch_delay_ms / 1000,
+            max_queue_size=s.max_queue_size,
+            metrics=self.metrics,
+        )
+        batcher.start()
+        self.state.model, self.state.batcher = model, batcher
+        self.metrics.load_seconds.set(model.load_seconds)
+        if self.state.shutting_down:
+            return
+        self.metrics.ready.set(1)
+        log.info(
+            "serving model %r version %r from %s (sha256 %s) on %s:%d; providers %s; "
+            "batching %s; loaded and warmed up in %.3f s",
+            s.model_name,
+            s.model_version,
+            s.model_path,
+            model.sha256,
+            s.host,
+            s.port,
+            model.providers,
+            f"up to {s.max_batch_size} rows" if model.batchable else "off",
+            model.load_seconds,
+        )
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self._terminating:
+            log.warning("second %s: exiting without waiting", sig.name)
+            self.server.force_exit = True
+            self.server.should_exit = True
+            return
+        self._terminating = True
+        self.state.shutting_down = True
+        self.metrics.ready.set(0)
+        s = self.settings
+        if self.state.model is None:
+            # Nothing is served yet: no traffic to drain.
+            self.server.should_exit = True
+            return
+        log.info(
+            "%s: readiness off; serving %.1f s more, then draining (grace %.1f s)",
+            sig.name,
+            s.shutdown_delay_seconds,
+            s.shutdown_grace_seconds,
+        )
+        loop = asyncio.get_running_loop()
+        loop.call_later(s.shutdown_delay_seconds, self._stop_accepting)
+        loop.call_later(s.shutdown_grace_seconds, self._grace_over)
+
+    def _stop_accepting(self) -> None:
+        self.server.should_exit = True
+
+    def _grace_over(self) -> None:
+        log.warning("grace period over: exiting with requests still in flight")
+        self.server.force_exit = True
+        self.server.should_exit = True
+
+
+def serve(settings: ServerSettings) -> int:
+    """Run the server until it is told to stop; returns the process exit code."""
+    try:
+        import uvloop
+    except ImportError:  # optional: plain asyncio works, a bit slower
+        return asyncio.run(Lifecycle(settings).run())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(Lifecycle(settings).run())
