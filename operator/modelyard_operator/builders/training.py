@@ -151,13 +151,17 @@ def static_children(mt: ModelTraining, settings: Settings) -> list[Manifest]:
     return children
 
 
+def _completion_index() -> dict[str, Any]:
+    """The node rank: a `$(JOB_COMPLETION_INDEX)` reference would not expand in env values."""
+    return {"valueFrom": {"fieldRef": {"fieldPath": COMPLETION_INDEX}}}
+
+
 def _worker_env(mt: ModelTraining, attempt: int, settings: Settings) -> list[dict[str, Any]]:
     spec, meta = mt.spec, mt.metadata
     master = f"{job_name(meta.name, attempt)}-0.{meta.name}"
-    rank_ref = {"valueFrom": {"fieldRef": {"fieldPath": COMPLETION_INDEX}}}
     env: list[dict[str, Any]] = [
         {"name": "PET_NNODES", "value": str(spec.workers)},
-        {"name": "PET_NODE_RANK", **rank_ref},
+        {"name": "PET_NODE_RANK", **_completion_index()},
         {"name": "PET_NPROC_PER_NODE", "value": str(spec.processes_per_worker)},
         {"name": "PET_MASTER_ADDR", "value": master},
         {"name": "PET_MASTER_PORT", "value": str(settings.master_port)},
@@ -168,7 +172,7 @@ def _worker_env(mt: ModelTraining, attempt: int, settings: Settings) -> list[dic
             {"name": "MASTER_ADDR", "value": master},
             {"name": "MASTER_PORT", "value": str(settings.master_port)},
             {"name": "WORLD_SIZE", "value": str(spec.workers)},
-            {"name": "RANK", **rank_ref},
+            {"name": "RANK", **_completion_index()},
         ]
     env += [
         {"name": contracts.ENV_RUN_NAMESPACE, "value": meta.namespace},

@@ -1,0 +1,1 @@
+"""kopf glue: watch events enqueue keys; reconcilers read, build, apply and write status."""

@@ -1,0 +1,55 @@
+"""Status writing shared by both kinds: only when something changed."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from modelyard_operator.api.meta import Condition
+from modelyard_operator.builders.common import Manifest
+from modelyard_operator.kube import ApiError, Kube
+from modelyard_operator.status.conditions import set_condition
+
+
+def normalized_status(body: Manifest, model: type[BaseModel]) -> dict[str, Any]:
+    """The live status as our own model would write it, so that equal means unchanged."""
+    try:
+        return model.model_validate(body.get("status") or {}).model_dump(
+            by_alias=True, exclude_none=True
+        )
+    except ValueError:
+        return {}
+
+
+def write_status(
+    kube: Kube, body: Manifest, status: dict[str, Any], model: type[BaseModel] | None = None
+) -> bool:
+    """Replace the status unless it is already what we would write; False when unchanged."""
+    live = normalized_status(body, model) if model else (body.get("status") or {})
+    if live == status:
+        return False
+    try:
+        kube.replace_status(body, status)
+    except ApiError as error:
+        if error.status in (409, 422):  # the object moved on; the next pass sees the new one
+            return False
+        raise
+    return True
+
+
+def invalid_spec_status(body: Manifest, message: str) -> dict[str, Any]:
+    """A spec that the API server accepted but our models refuse (e.g. an older CRD)."""
+    live = body.get("status") or {}
+    conditions = [Condition.model_validate(c) for c in live.get("conditions") or []]
+    generation = int(body["metadata"].get("generation", 1))
+    conditions = set_condition(
+        conditions, "Failed", True, "InvalidSpec", message, datetime.now(UTC), generation
+    )
+    return {
+        **live,
+        "observedGeneration": generation,
+        "phase": "Failed",
+        "conditions": [c.model_dump(by_alias=True, exclude_none=True) for c in conditions],
+    }

@@ -1,0 +1,97 @@
+"""kopf registrations: every watch event only enqueues the key of the custom resource it
+concerns; the work queues run the reconcilers. No handler stores state on the objects, so the
+operator adds no finalizer and no annotation, and an unchanged object causes no write."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from modelyard_operator.api.meta import GROUP, VERSION
+from modelyard_operator.builders.common import MANAGED_BY
+from modelyard_operator.builders.training import KIND_LABEL as TRAINING_LABEL
+from modelyard_operator.handlers.training import reconcile_training
+from modelyard_operator.kube import Kube
+from modelyard_operator.metrics import PhaseBook, measured
+from modelyard_operator.settings import Settings
+from modelyard_operator.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+Reconciler = Callable[[Kube, Settings, str, str], tuple[float | None, str | None]]
+
+
+@dataclass
+class Runtime:
+    kube: Kube
+    settings: Settings
+    trainings: WorkQueue
+
+
+_runtime: Runtime | None = None
+
+
+def _queue_for(kind: str, reconciler: Reconciler, kube: Kube, settings: Settings) -> WorkQueue:
+    phases = PhaseBook(kind)
+
+    def run(key: Any) -> float | None:
+        namespace, name = key
+        again, phase = reconciler(kube, settings, namespace, name)
+        phases.record(key, phase)
+        return again
+
+    return WorkQueue(measured(kind, run), workers=settings.workers, name=kind)
+
+
+@kopf.on.startup()
+def start(settings: kopf.OperatorSettings, **_: Any) -> None:
+    global _runtime
+    own = Settings.from_env()
+    settings.posting.enabled = False  # Events come from the reconcilers, on transitions only
+    settings.watching.server_timeout = own.watch_timeout_seconds
+    settings.watching.client_timeout = own.watch_timeout_seconds + 30
+    settings.execution.max_workers = 4
+    kube = Kube.from_environment()
+    trainings = _queue_for("ModelTraining", reconcile_training, kube, own)
+    _runtime = Runtime(kube=kube, settings=own, trainings=trainings)
+    trainings.start()
+    log.info("modelyard operator started: %s", own.model_dump())
+
+
+@kopf.on.cleanup()
+def stop(**_: Any) -> None:
+    if _runtime is not None:
+        _runtime.trainings.stop()
+        _runtime.kube.close()
+
+
+def _enqueue(queue: Callable[[Runtime], WorkQueue], key: Key, deleted: bool = False) -> None:
+    if _runtime is None:
+        return
+    if deleted:
+        queue(_runtime).forget(key)
+    else:
+        queue(_runtime).add(key)
+
+
+@kopf.on.event(GROUP, VERSION, "modeltrainings")
+def training_changed(type: str, namespace: str | None, name: str, **_: Any) -> None:
+    _enqueue(lambda r: r.trainings, (namespace or "", name), deleted=type == "DELETED")
+
+
+@kopf.on.event(
+    "batch",
+    "v1",
+    "jobs",
+    labels={
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        f"modelyard.dev/{TRAINING_LABEL}": kopf.PRESENT,
+    },
+)
+def training_job_changed(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
+    _enqueue(lambda r: r.trainings, (namespace or "", labels[f"modelyard.dev/{TRAINING_LABEL}"]))
