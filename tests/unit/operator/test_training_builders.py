@@ -23,6 +23,11 @@ IDENTITY = {
 }
 
 
+class _PlainDumper(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def training(**changes: Any) -> ModelTraining:
     document = with_changes(load_sample("digits.yaml"), {**IDENTITY, **changes})
     return ModelTraining.model_validate(document)
@@ -36,8 +41,8 @@ def _env(manifest: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize("workers", [1, 2, 4])
 def test_children_match_golden_files(workers: int) -> None:
     mt = training(**{"spec.workers": workers})
-    rendered = yaml.safe_dump_all(
-        [*static_children(mt, SETTINGS), job(mt, 2, SETTINGS)], sort_keys=True
+    rendered = yaml.dump_all(
+        [*static_children(mt, SETTINGS), job(mt, 2, SETTINGS)], Dumper=_PlainDumper, sort_keys=True
     )
     path = GOLDEN / f"training-{workers}-workers.yaml"
     if os.environ.get("UPDATE_GOLDEN"):
