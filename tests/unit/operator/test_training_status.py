@@ -1,0 +1,306 @@
+"""The training planner on plain Job and Pod objects: attempts, failures, results, progress."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from modelyard_operator.api import ModelTraining
+from modelyard_operator.status.training import Observed, Plan, plan_training
+from modelyard_trainer.contracts import ProgressRecord, TrainingFailure, TrainingResult
+from tests.conftest import load_sample, with_changes
+
+NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
+UID = "0f3c2a9e-1111-2222-3333-444455556666"
+
+
+def training(status: dict[str, Any] | None = None, **changes: Any) -> ModelTraining:
+    document = with_changes(
+        load_sample("digits.yaml"), {"metadata.uid": UID, "metadata.generation": 1, **changes}
+    )
+    if status is not None:
+        document["status"] = status
+    return ModelTraining.model_validate(document)
+
+
+def job(
+    attempt: int, condition: str | None = None, generation: int = 1, reason: str = ""
+) -> dict[str, Any]:
+    conditions = [{"type": condition, "status": "True", "reason": reason}] if condition else []
+    return {
+        "metadata": {
+            "name": f"digits-a{attempt}",
+            "labels": {
+                "modelyard.dev/attempt": str(attempt),
+                "modelyard.dev/generation": str(generation),
+            },
+        },
+        "status": {"conditions": conditions},
+    }
+
+
+def pod(
+    attempt: int,
+    rank: int,
+    phase: str = "Running",
+    ready: bool = True,
+    terminated: dict[str, Any] | None = None,
+    disrupted: bool = False,
+    unschedulable_since: datetime | None = None,
+) -> dict[str, Any]:
+    conditions = [{"type": "Ready", "status": "True" if ready else "False"}]
+    if disrupted:
+        conditions.append({"type": "DisruptionTarget", "status": "True"})
+    if unschedulable_since:
+        conditions.append(
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/3 nodes have enough nvidia.com/gpu",
+            }
+        )
+    created = (unschedulable_since or NOW - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    container: dict[str, Any] = {"name": "trainer", "state": {}}
+    if terminated is not None:
+        container["state"] = {"terminated": terminated}
+    return {
+        "metadata": {
+            "name": f"digits-a{attempt}-{rank}-x",
+            "creationTimestamp": created,
+            "labels": {"modelyard.dev/attempt": str(attempt)},
+            "annotations": {"batch.kubernetes.io/job-completion-index": str(rank)},
+        },
+        "status": {"phase": phase, "conditions": conditions, "containerStatuses": [container]},
+    }
+
+
+def plan(
+    mt: ModelTraining,
+    jobs: list[Any],
+    pods: list[Any],
+    progress: ProgressRecord | None = None,
+    now: datetime = NOW,
+) -> Plan:
+    return plan_training(mt, Observed(jobs=jobs, pods=pods, progress=progress, now=now))
+
+
+def running_status(attempt: int = 1, **extra: Any) -> dict[str, Any]:
+    return {
+        "observedGeneration": 1,
+        "phase": "Running",
+        "attempt": attempt,
+        "startTime": "2026-11-29T11:00:00Z",
+        **extra,
+    }
+
+
+def condition(p: Plan, type_: str) -> str:
+    return next(c.status for c in p.status.conditions if c.type == type_)
+
+
+def test_a_new_training_creates_its_first_attempt() -> None:
+    p = plan(training(), [], [])
+    assert p.create_attempt == 1
+    assert p.status.attempt == 1
+    assert p.status.phase == "Pending"
+    assert p.status.observed_generation == 1
+    assert condition(p, "Created") == "True"
+
+
+def test_the_same_observation_plans_the_same_status() -> None:
+    first = plan(training(), [], [])
+    settled = training(first.status.model_dump(by_alias=True, exclude_none=True))
+    second = plan(settled, [job(1)], [])
+    assert second.create_attempt is None
+    assert second.status.conditions == first.status.conditions
+    assert second.events == []
+
+
+def test_all_workers_running_is_running() -> None:
+    p = plan(training(running_status(phase="Pending")), [job(1)], [pod(1, 0), pod(1, 1)])
+    assert p.status.phase == "Running"
+    assert p.status.workers.active == 2
+    assert condition(p, "Running") == "True"
+
+
+def test_a_failed_worker_restarts_the_gang_once_its_pods_are_gone() -> None:
+    failure = TrainingFailure(exit_code=1, reason="PeerLost", message="rank 1 vanished", rank=0)
+    pods = [
+        pod(
+            1, 0, "Failed", terminated={"exitCode": 1, "message": failure.to_termination_message()}
+        ),
+        pod(1, 1, "Running"),
+    ]
+    failed = plan(training(running_status()), [job(1, "Failed")], pods)
+    assert failed.delete_jobs == ["digits-a1"]
+    assert failed.create_attempt is None  # rank 1 still runs: no overlap of attempts
+    assert failed.status.failed_attempts == 1
+    assert failed.status.last_failure is not None
+    assert failed.status.last_failure.reason == "PeerLost"
+    assert condition(failed, "Restarting") == "True"
+    after = training(failed.status.model_dump(by_alias=True, exclude_none=True))
+    gone = plan(after, [], [])
+    assert gone.create_attempt == 2
+    assert gone.status.failed_attempts == 1  # not counted twice
+
+
+def test_a_failure_is_counted_once_however_often_it_is_seen() -> None:
+    pods = [pod(1, 0, "Failed", terminated={"exitCode": 137, "reason": "OOMKilled"})]
+    first = plan(training(running_status()), [job(1, "Failed")], pods)
+    again = plan(
+        training(first.status.model_dump(by_alias=True, exclude_none=True)),
+        [job(1, "Failed")],
+        pods,
+    )
+    assert first.status.failed_attempts == again.status.failed_attempts == 1
+    assert again.events == []
+
+
+def test_exhausted_backoff_fails_the_run() -> None:
+    status = running_status(attempt=4, failedAttempts=3)
+    pods = [pod(4, 0, "Failed", terminated={"exitCode": 1, "reason": "Error"})]
+    p = plan(training(status), [job(4, "Failed")], pods)
+    assert p.status.phase == "Failed"
+    assert condition(p, "Failed") == "True"
+    assert (
+        next(c.reason for c in p.status.conditions if c.type == "Failed") == "BackoffLimitExceeded"
+    )
+
+
+def test_a_permanent_exit_code_fails_at_once() -> None:
+    failure = TrainingFailure(exit_code=65, reason="LossDiverged", message="loss is nan", rank=0)
+    pods = [
+        pod(
+            1, 0, "Failed", terminated={"exitCode": 65, "message": failure.to_termination_message()}
+        )
+    ]
+    p = plan(training(running_status()), [job(1, "Failed", reason="PodFailurePolicy")], pods)
+    assert p.status.phase == "Failed"
+    assert p.status.failed_attempts == 0
+    assert p.status.last_failure is not None and p.status.last_failure.permanent
+    assert next(c.reason for c in p.status.conditions if c.type == "Failed") == "LossDiverged"
+
+
+def test_an_eviction_does_not_use_up_a_retry() -> None:
+    pods = [
+        pod(1, 0, "Failed", terminated={"exitCode": 143}, disrupted=True),
+        pod(1, 1, "Failed", terminated={"exitCode": 1}),
+    ]
+    p = plan(
+        training(running_status(), **{"spec.runPolicy.backoffLimit": 0}), [job(1, "Failed")], pods
+    )
+    assert p.status.phase == "Pending"
+    assert p.status.failed_attempts == 0
+    assert p.delete_jobs == ["digits-a1"]
+
+
+def test_success_takes_the_result_from_rank_zero() -> None:
+    result = TrainingResult(
+        artifact_uri=f"pvc://modelyard-models/default/digits/{UID}/g1",
+        sha256="ab" * 32,
+        size_bytes=1234,
+        metrics={"test_accuracy": 0.97},
+    )
+    pods = [
+        pod(
+            1,
+            0,
+            "Succeeded",
+            terminated={"exitCode": 0, "message": result.to_termination_message()},
+        ),
+        pod(1, 1, "Succeeded", terminated={"exitCode": 0}),
+    ]
+    p = plan(training(running_status()), [job(1, "Complete")], pods)
+    assert p.status.phase == "Succeeded"
+    assert p.status.result is not None
+    assert p.status.result.model_uri.endswith("/g1/model.onnx")
+    assert p.status.result.metrics["test_accuracy"] == 0.97
+    assert p.status.result.generation == 1
+    assert condition(p, "Succeeded") == "True"
+
+
+def test_success_without_a_result_is_a_failure() -> None:
+    pods = [pod(1, 0, "Succeeded", terminated={"exitCode": 0, "message": "hello"})]
+    p = plan(training(running_status()), [job(1, "Complete")], pods)
+    assert p.status.phase == "Failed"
+
+
+def test_progress_reaches_status_with_an_eta() -> None:
+    record = ProgressRecord(
+        generation=1,
+        attempt=1,
+        stage="Training",
+        epoch=12,
+        epochs=30,
+        percent=40.0,
+        loss=0.31,
+        eta_seconds=200.0,
+    )
+    p = plan(training(running_status()), [job(1)], [pod(1, 0), pod(1, 1)], progress=record)
+    assert p.status.progress.summary == "12/30 (40%)"
+    assert p.status.progress.eta == "3m20s"
+    stale = record.model_copy(update={"attempt": 0 + 1, "generation": 7})
+    q = plan(training(running_status()), [job(1)], [pod(1, 0), pod(1, 1)], progress=stale)
+    assert q.status.progress.summary == ""
+
+
+def test_suspend_removes_the_pods_and_resume_continues() -> None:
+    suspended = plan(
+        training(running_status(), **{"spec.runPolicy.suspend": True}), [job(1)], [pod(1, 0)]
+    )
+    assert suspended.delete_jobs == ["digits-a1"]
+    assert suspended.status.phase == "Suspended"
+    resumed_mt = training(suspended.status.model_dump(by_alias=True, exclude_none=True))
+    resumed = plan(resumed_mt, [], [])
+    assert resumed.create_attempt == 2
+    assert resumed.status.failed_attempts == 0
+    assert condition(resumed, "Suspended") == "False"
+
+
+def test_a_new_generation_ends_the_old_attempt_and_starts_a_new_run() -> None:
+    finished = running_status(
+        phase="Succeeded",
+        result={
+            "generation": 1,
+            "artifactUri": "pvc://m/a",
+            "modelUri": "pvc://m/a/model.onnx",
+            "sha256": "x",
+        },
+    )
+    p = plan(training(finished, **{"metadata.generation": 2}), [job(1, "Complete")], [])
+    assert p.status.observed_generation == 2
+    assert p.status.phase == "Pending"
+    assert p.delete_jobs == ["digits-a1"]
+    assert p.status.result is not None and p.status.result.generation == 1  # kept until replaced
+    assert any(e.reason == "NewRun" for e in p.events)
+
+
+def test_the_deadline_fails_a_running_attempt() -> None:
+    mt = training(running_status(), **{"spec.runPolicy.activeDeadlineSeconds": 600})
+    p = plan(mt, [job(1)], [pod(1, 0), pod(1, 1)])  # started an hour ago
+    assert p.status.phase == "Failed"
+    assert p.delete_jobs == ["digits-a1"]
+
+
+def test_ttl_deletes_the_children_after_the_end() -> None:
+    done = running_status(phase="Succeeded", completionTime="2026-11-29T11:30:00Z")
+    mt = training(done, **{"spec.runPolicy.ttlSecondsAfterFinished": 600})
+    p = plan(mt, [job(1, "Complete")], [])
+    assert p.keep_children is False
+    assert p.delete_jobs == ["digits-a1"]
+    early = plan(mt, [job(1, "Complete")], [], now=datetime(2026, 11, 29, 11, 35, tzinfo=UTC))
+    assert early.keep_children is True
+    assert early.requeue_after == 300
+
+
+def test_unschedulable_workers_raise_a_condition_with_the_schedulers_message() -> None:
+    since = NOW - timedelta(minutes=10)
+    p = plan(
+        training(running_status(phase="Pending")),
+        [job(1)],
+        [pod(1, 0, "Pending", ready=False, unschedulable_since=since)],
+    )
+    assert condition(p, "Unschedulable") == "True"
+    message = next(c.message for c in p.status.conditions if c.type == "Unschedulable")
+    assert "nvidia.com/gpu" in message
