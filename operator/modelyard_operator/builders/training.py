@@ -197,18 +197,12 @@ def _claims(mt: ModelTraining) -> list[str]:
 
 
 def _command(mt: ModelTraining, output_dir: str) -> list[str]:
-    args = [
-        "-m",
-        "modelyard_trainer",
-        "--config",
-        f"{CONFIG_DIR}/{CONFIG_FILE}",
-        "--output",
-        output_dir,
-    ]
+    trainer_args = ["--config", f"{CONFIG_DIR}/{CONFIG_FILE}", "--output", output_dir]
     if mt.spec.processes_per_worker == 1:
-        return ["python", *args]
-    # torchrun reads PET_NNODES, PET_NODE_RANK, PET_MASTER_ADDR, ... from the environment.
-    return ["torchrun", *args]
+        return ["python", "-m", "modelyard_trainer", *trainer_args]
+    # torchrun's launcher, reading PET_* from the environment, but exiting with the workers'
+    # own code so that the podFailurePolicy still sees the permanent ones.
+    return ["python", "-m", "modelyard_trainer.launch", *trainer_args]
 
 
 def job(mt: ModelTraining, attempt: int, settings: Settings) -> Manifest:

@@ -78,10 +78,10 @@ def test_rendezvous_id_differs_per_attempt() -> None:
     assert len({rendezvous_id(mt, attempt) for attempt in range(1, 20)}) == 19
 
 
-def test_several_processes_per_worker_run_under_torchrun() -> None:
+def test_several_processes_per_worker_run_under_the_torchrun_launcher() -> None:
     manifest = job(training(**{"spec.processesPerWorker": 4}), 1, SETTINGS)
     container = manifest["spec"]["template"]["spec"]["containers"][0]
-    assert container["command"][0] == "torchrun"
+    assert container["command"][:3] == ["python", "-m", "modelyard_trainer.launch"]
     env = _env(manifest)
     assert env["PET_NPROC_PER_NODE"] == "4"
     assert "RANK" not in env and "WORLD_SIZE" not in env  # torchrun sets them per process
