@@ -232,7 +232,7 @@ def _from_json(
             raise bad_request(f"input {name!r}: BOOL data must be true/false")
     elif dtype.kind in "iu":
         if kind not in "iu":
-            raise bad_request(f"input {name!r}: {spec.datatype} data must be integers")
+            return _exact_ints(name, spec, dtype, shape, data)
         info = np.iinfo(dtype)
         if values.min() < info.min or values.max() > info.max:
             raise bad_request(f"input {name!r}: a value is out of range for {spec.datatype}")
@@ -244,6 +244,20 @@ def _from_json(
         # JSON has no NaN or infinity; 1e400 parses to inf and 1e39 overflows FP32.
         raise bad_request(f"input {name!r}: a value is out of range for {spec.datatype}")
     return array
+
+
+def _exact_ints(
+    name: str, spec: TensorSpec, dtype: np.dtype, shape: tuple[int, ...], data: list[Any]
+) -> np.ndarray:
+    # numpy infers float64 for [0, 2**64 - 1] (losing digits), so integer data that did not
+    # come out as an integer array is checked element by element, on Python's exact ints.
+    flat = np.array(data, dtype=object).ravel()
+    if not all(type(x) is int for x in flat):
+        raise bad_request(f"input {name!r}: {spec.datatype} data must be integers")
+    try:
+        return np.array(flat.tolist(), dtype=dtype).reshape(shape)
+    except OverflowError:
+        raise bad_request(f"input {name!r}: a value is out of range for {spec.datatype}") from None
 
 
 def _parse_outputs(

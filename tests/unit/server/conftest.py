@@ -67,11 +67,12 @@ class ServerProcess:
         raise AssertionError(f"server not ready after {timeout} s:\n{self.log()}")
 
     def metric(self, name: str) -> float:
-        """Sum of a metric's samples whose line starts with `name` (labels ignored)."""
+        """Sum of a metric's samples; `name` may end with a label prefix, e.g. 'x{code="503"'."""
         _, body = http_get(self.url + "/metrics")
         total = 0.0
+        prefixes = (name,) if "{" in name else (name + "{", name + " ")
         for line in body.decode().splitlines():
-            if line.startswith(name + "{") or line.startswith(name + " "):
+            if line.startswith(prefixes):
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
