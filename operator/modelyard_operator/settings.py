@@ -41,6 +41,24 @@ class Settings(BaseModel):
     watch_timeout_seconds: int = Field(
         300, ge=10, description="Server-side timeout of each watch, after which it is renewed."
     )
+    rollout_poll_seconds: float = Field(
+        5.0, gt=0, description="How often a ModelDeployment whose rollout is unsettled is read."
+    )
+    server_prestop_seconds: int = Field(
+        5,
+        ge=1,
+        le=120,
+        description=(
+            "preStop sleep of server pods: SIGTERM waits this long, so that every proxy has "
+            "stopped routing to a terminating pod before it starts draining."
+        ),
+    )
+    server_startup_seconds: int = Field(
+        600,
+        ge=10,
+        le=86400,
+        description="Time a server pod has to load and warm up its model before it is restarted.",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:

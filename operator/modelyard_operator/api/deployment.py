@@ -252,6 +252,19 @@ class ModelStatus(ServedModel):
     message: str = Field("", description="Why, when the model failed to load.")
 
 
+class RejectedModel(ServedModel):
+    """A model whose rollout failed and was rolled back: not tried again for the same spec."""
+
+    reason: str = Field(
+        "", description="CamelCase cause, e.g. ChecksumMismatch or ProgressDeadlineExceeded."
+    )
+    message: str = Field("", description="What went wrong.")
+    generation: int = Field(
+        0, description="Spec generation that rejected it; editing the spec lets it be tried again."
+    )
+    rejected_at: str | None = Field(None, description="When it was rolled back (RFC 3339).")
+
+
 class ModelDeploymentStatus(ApiModel):
     """Observed state of a ModelDeployment."""
 
@@ -265,6 +278,9 @@ class ModelDeploymentStatus(ApiModel):
     model: ModelStatus | None = Field(None, description="The model being served or rolled out.")
     last_good_model: ServedModel | None = Field(
         None, description="The last model that served well: the rollback target."
+    )
+    rejected_model: RejectedModel | None = Field(
+        None, description="The last model that was rolled back, and why."
     )
     url: str | None = Field(None, description="In-cluster URL of the inference API.")
     replicas: int = Field(0, description="Server pods.")

@@ -4,6 +4,7 @@ operator adds no finalizer and no annotation, and an unchanged object causes no 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -13,7 +14,9 @@ import kopf
 
 from modelyard_operator.api.meta import GROUP, VERSION
 from modelyard_operator.builders.common import MANAGED_BY
+from modelyard_operator.builders.deployment import KIND_LABEL as DEPLOYMENT_LABEL
 from modelyard_operator.builders.training import KIND_LABEL as TRAINING_LABEL
+from modelyard_operator.handlers.deployment import TrainingIndex, reconcile_deployment
 from modelyard_operator.handlers.training import reconcile_training
 from modelyard_operator.kube import Kube
 from modelyard_operator.metrics import PhaseBook, measured
@@ -31,6 +34,8 @@ class Runtime:
     kube: Kube
     settings: Settings
     trainings: WorkQueue
+    deployments: WorkQueue
+    training_index: TrainingIndex
 
 
 _runtime: Runtime | None = None
@@ -58,8 +63,19 @@ def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.execution.max_workers = 4
     kube = Kube.from_environment()
     trainings = _queue_for("ModelTraining", reconcile_training, kube, own)
-    _runtime = Runtime(kube=kube, settings=own, trainings=trainings)
+    index = TrainingIndex()
+    deployments = _queue_for(
+        "ModelDeployment", functools.partial(reconcile_deployment, index=index), kube, own
+    )
+    _runtime = Runtime(
+        kube=kube,
+        settings=own,
+        trainings=trainings,
+        deployments=deployments,
+        training_index=index,
+    )
     trainings.start()
+    deployments.start()
     log.info("modelyard operator started: %s", own.model_dump())
 
 
@@ -67,6 +83,7 @@ def start(settings: kopf.OperatorSettings, **_: Any) -> None:
 def stop(**_: Any) -> None:
     if _runtime is not None:
         _runtime.trainings.stop()
+        _runtime.deployments.stop()
         _runtime.kube.close()
 
 
@@ -95,3 +112,32 @@ def training_changed(type: str, namespace: str | None, name: str, **_: Any) -> N
 )
 def training_job_changed(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
     _enqueue(lambda r: r.trainings, (namespace or "", labels[f"modelyard.dev/{TRAINING_LABEL}"]))
+
+
+@kopf.on.event(GROUP, VERSION, "modeldeployments")
+def deployment_changed(type: str, namespace: str | None, name: str, **_: Any) -> None:
+    _enqueue(lambda r: r.deployments, (namespace or "", name), deleted=type == "DELETED")
+
+
+@kopf.on.event(
+    "apps",
+    "v1",
+    "deployments",
+    labels={
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        f"modelyard.dev/{DEPLOYMENT_LABEL}": kopf.PRESENT,
+    },
+)
+def server_deployment_changed(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
+    _enqueue(
+        lambda r: r.deployments, (namespace or "", labels[f"modelyard.dev/{DEPLOYMENT_LABEL}"])
+    )
+
+
+@kopf.on.event(GROUP, VERSION, "modeltrainings")
+def promoted_training_changed(namespace: str | None, name: str, **_: Any) -> None:
+    """A training's new result (or its deletion) may change what its ModelDeployments serve."""
+    if _runtime is None:
+        return
+    for deployment in _runtime.training_index.deployments_for(namespace or "", name):
+        _runtime.deployments.add((namespace or "", deployment))

@@ -1,0 +1,270 @@
+"""Reconcile one ModelDeployment: observe, plan (pure), then carry the plan out."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from modelyard_operator.api.deployment import ModelDeployment, ModelDeploymentStatus, ServedModel
+from modelyard_operator.api.meta import API_VERSION, Condition
+from modelyard_operator.api.training import ModelTrainingStatus
+from modelyard_operator.builders.common import FIELD_MANAGER, Manifest, pvc_claim_and_path
+from modelyard_operator.builders.common import with_spec_hash as stamped
+from modelyard_operator.builders.deployment import (
+    KIND,
+    KIND_LABEL,
+    OPTIONAL_KINDS,
+    SERVICE_MONITOR_CRD,
+    children,
+    is_autoscaled,
+    service_url,
+)
+from modelyard_operator.handlers.common import write_status
+from modelyard_operator.kube import ApiError, Kube, manifest_path
+from modelyard_operator.settings import Settings
+from modelyard_operator.status.conditions import condition_is, set_condition
+from modelyard_operator.status.deployment import Observed, Plan, plan_deployment, resolve_model
+from modelyard_trainer.config import format_validation_error
+
+log = logging.getLogger(__name__)
+
+# Takes `spec.replicas` over from us when an HPA starts scaling a Deployment whose replicas we
+# applied: dropping the field from our apply would otherwise reset the Deployment to 1 replica.
+HANDOVER_MANAGER = "modelyard-operator-hpa-handover"
+
+
+class TrainingIndex:
+    """Which ModelDeployments promote from which ModelTraining, so that a training's events
+    reach them. Filled by every reconcile; kopf lists every object at start, so a restarted
+    operator has it complete once the first reconciles ran."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._training_of: dict[tuple[str, str], str] = {}
+
+    def record(self, namespace: str, deployment: str, training: str | None) -> None:
+        with self._lock:
+            if training is None:
+                self._training_of.pop((namespace, deployment), None)
+            else:
+                self._training_of[(namespace, deployment)] = training
+
+    def forget(self, namespace: str, deployment: str) -> None:
+        self.record(namespace, deployment, None)
+
+    def deployments_for(self, namespace: str, training: str) -> list[str]:
+        with self._lock:
+            return sorted(
+                deployment
+                for (ns, deployment), name in self._training_of.items()
+                if ns == namespace and name == training
+            )
+
+
+class CrdPresence:
+    """Whether a CRD is installed, asked at most once per `ttl` seconds."""
+
+    def __init__(self, name: str, ttl: float) -> None:
+        self.name = name
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._checked: tuple[float, bool] | None = None
+
+    def __call__(self, kube: Kube) -> bool:
+        with self._lock:
+            if self._checked is not None and time.monotonic() - self._checked[0] < self.ttl:
+                return self._checked[1]
+        try:
+            found = kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", None, self.name)
+            present = found is not None
+        except ApiError as error:
+            if error.status != 403:
+                raise
+            log.warning("may not read CRD %s (%s): assuming it is absent", self.name, error)
+            present = False
+        with self._lock:
+            self._checked = (time.monotonic(), present)
+        return present
+
+
+_service_monitors: CrdPresence | None = None
+
+
+def _service_monitor_crd(kube: Kube, settings: Settings) -> bool:
+    global _service_monitors
+    if _service_monitors is None:
+        _service_monitors = CrdPresence(SERVICE_MONITOR_CRD, settings.resync_seconds)
+    return _service_monitors(kube)
+
+
+def reconcile_deployment(
+    kube: Kube,
+    settings: Settings,
+    namespace: str,
+    name: str,
+    index: TrainingIndex | None = None,
+) -> tuple[float | None, str | None]:
+    """One idempotent pass. Returns (seconds until the next pass, state for the metrics)."""
+    body = kube.get(API_VERSION, KIND, namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        if index is not None:
+            index.forget(namespace, name)
+        return None, None  # the children go with their ownerReferences
+    try:
+        md = ModelDeployment.model_validate(body)
+    except ValidationError as error:
+        write_status(kube, body, _invalid_spec_status(body, format_validation_error(error)))
+        return None, "InvalidSpec"
+    if index is not None:
+        index.record(namespace, name, md.spec.model.from_training)
+
+    observed = _observe(kube, settings, md)
+    plan = plan_deployment(md, observed)
+    if plan.target is not None:
+        _apply_children(kube, settings, md, plan.target, observed.deployment)
+    write_status(
+        kube,
+        body,
+        plan.status.model_dump(by_alias=True, exclude_none=True),
+        ModelDeploymentStatus,
+    )
+    for event in plan.events:
+        kube.post_event(body, event.type, event.reason, event.message)
+
+    again = settings.rollout_poll_seconds if plan.unsettled else settings.resync_seconds
+    return min(again, settings.resync_seconds), _state(plan)
+
+
+def _observe(kube: Kube, settings: Settings, md: ModelDeployment) -> Observed:
+    namespace, name = md.metadata.namespace, md.metadata.name
+    training_found, training = _read_training(kube, namespace, md.spec.model.from_training)
+    resolution = resolve_model(md, training_found, training)
+    return Observed(
+        resolution=resolution,
+        claim_found=resolution.model is None or _claim_exists(kube, namespace, resolution.model),
+        deployment=kube.get("apps/v1", "Deployment", namespace, name),
+        pods=kube.list("v1", "Pod", namespace, {f"modelyard.dev/{KIND_LABEL}": name}),
+        url=service_url(md, settings),
+        now=datetime.now(UTC),
+    )
+
+
+def _read_training(
+    kube: Kube, namespace: str, name: str | None
+) -> tuple[bool, ModelTrainingStatus | None]:
+    if name is None:
+        return False, None
+    body = kube.get(API_VERSION, "ModelTraining", namespace, name)
+    if body is None:
+        return False, None
+    try:
+        return True, ModelTrainingStatus.model_validate(body.get("status") or {})
+    except ValidationError:
+        log.warning("ignoring the unreadable status of ModelTraining %s/%s", namespace, name)
+        return True, ModelTrainingStatus()
+
+
+def _claim_exists(kube: Kube, namespace: str, model: ServedModel) -> bool:
+    claim, _ = pvc_claim_and_path(model.uri)
+    try:
+        return kube.get("v1", "PersistentVolumeClaim", namespace, claim) is not None
+    except ApiError as error:
+        if error.status != 403:
+            raise
+        log.warning("may not read PersistentVolumeClaims (%s): assuming %s exists", error, claim)
+        return True
+
+
+def _apply_children(
+    kube: Kube,
+    settings: Settings,
+    md: ModelDeployment,
+    model: ServedModel,
+    live_deployment: Manifest | None,
+) -> None:
+    monitor = md.spec.monitoring.service_monitor != "off" and _service_monitor_crd(kube, settings)
+    if md.spec.monitoring.service_monitor == "on" and not monitor:
+        log.warning(
+            "%s/%s: monitoring.serviceMonitor is on but CRD %s is not installed",
+            md.metadata.namespace,
+            md.metadata.name,
+            SERVICE_MONITOR_CRD,
+        )
+    wanted = [stamped(m) for m in children(md, model, settings, monitor)]
+    if is_autoscaled(md) and live_deployment is not None and _owns_replicas(live_deployment):
+        _hand_replicas_to_hpa(kube, live_deployment)
+    for manifest in wanted:
+        kube.apply_if_changed(manifest)
+    _delete_unwanted(kube, md, {m["kind"] for m in wanted})
+
+
+def _owns_replicas(deployment: Manifest) -> bool:
+    for entry in deployment["metadata"].get("managedFields") or []:
+        if entry.get("manager") != FIELD_MANAGER or entry.get("operation") != "Apply":
+            continue
+        if "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {}):
+            return True
+    return False
+
+
+def _hand_replicas_to_hpa(kube: Kube, live: Manifest) -> None:
+    """Before our apply drops `replicas`, let another manager hold the current value."""
+    meta = live["metadata"]
+    patch: Manifest = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+        "spec": {"replicas": live["spec"].get("replicas", 1)},
+    }
+    kube.request(
+        "PATCH",
+        manifest_path(patch),
+        params={"fieldManager": HANDOVER_MANAGER, "force": "true"},
+        body=patch,
+        content_type="application/apply-patch+yaml",
+    )
+
+
+def _delete_unwanted(kube: Kube, md: ModelDeployment, wanted_kinds: set[str]) -> None:
+    """An HPA, PDB or ServiceMonitor that the spec no longer asks for (read first: no write)."""
+    meta = md.metadata
+    for api_version, kind in OPTIONAL_KINDS:
+        if kind in wanted_kinds:
+            continue
+        live = kube.get(api_version, kind, meta.namespace, meta.name)
+        if live is None:
+            continue
+        owners = live["metadata"].get("ownerReferences") or []
+        if any(o.get("uid") == meta.uid for o in owners):
+            kube.delete(api_version, kind, meta.namespace, meta.name)
+
+
+def _invalid_spec_status(body: Manifest, message: str) -> dict[str, Any]:
+    """A spec that the API server accepted but our models refuse (e.g. an older CRD)."""
+    live = body.get("status") or {}
+    try:
+        conditions = [Condition.model_validate(c) for c in live.get("conditions") or []]
+    except ValidationError:
+        conditions = []
+    generation = int(body["metadata"].get("generation", 1))
+    conditions = set_condition(
+        conditions, "Ready", False, "InvalidSpec", message, datetime.now(UTC), generation
+    )
+    return {
+        **live,
+        "observedGeneration": generation,
+        "conditions": [c.model_dump(by_alias=True, exclude_none=True) for c in conditions],
+    }
+
+
+def _state(plan: Plan) -> str:
+    if condition_is(plan.status.conditions, "Ready"):
+        return "Ready"
+    if plan.status.model is None:
+        return "NoModel"
+    return plan.status.model.state
