@@ -38,7 +38,7 @@ test: lint typecheck k8s-binaries  ## the README's test command: lint, types, ev
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install  ## the main job
-	$(PY) -m modelyard_operator.demo
+	$(PY) hack/demo_local.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
