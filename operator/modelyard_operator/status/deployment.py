@@ -337,18 +337,27 @@ def deadline_failure(deployment: Manifest | None, model: ServedModel) -> Failure
     )
 
 
-def rollout_complete(deployment: Manifest | None, model: ServedModel) -> bool:
-    """Every replica runs the template of `model` and is available (as kubectl rollout status)."""
+def rollout_done(deployment: Manifest | None, model: ServedModel) -> bool:
+    """Every replica runs the template of `model`: no pod of an earlier template is left."""
     if deployment is None or not template_runs(deployment, model) or not _current(deployment):
         return False
     spec, status = deployment.get("spec") or {}, deployment.get("status") or {}
-    wanted = int(spec.get("replicas", 1))
     updated = int(status.get("updatedReplicas") or 0)
-    return (
-        updated >= wanted
-        and int(status.get("replicas") or 0) == updated
-        and int(status.get("availableReplicas") or 0) >= updated
-    )
+    return updated >= int(spec.get("replicas", 1)) and int(status.get("replicas") or 0) == updated
+
+
+def _rolled_out_before(deployment: Manifest | None) -> bool:
+    """The Deployment finished this rollout once: unready pods now are a loss, not a start."""
+    progressing = object_condition(deployment, "Progressing") if deployment else None
+    return (progressing or {}).get("reason") == "NewReplicaSetAvailable"
+
+
+def rollout_complete(deployment: Manifest | None, model: ServedModel) -> bool:
+    """Done, and every replica is available (as `kubectl rollout status` says)."""
+    if not rollout_done(deployment, model):
+        return False
+    status = (deployment or {}).get("status") or {}
+    return int(status.get("availableReplicas") or 0) >= int(status.get("updatedReplicas") or 0)
 
 
 # ------------------------------------------------------------------------ the plan
@@ -540,8 +549,10 @@ def _deployment_status(run: _Pass, target: ServedModel) -> None:
     run.plan.unsettled = True
     if model.state == "FailedToLoad":
         reason, message = "FailedToLoad", model.message
-    elif not complete:
+    elif not rollout_done(deployment, target) or not _rolled_out_before(deployment):
         reason, message = "RollingOut", f"rolling out {target.uri}: {model.state}: {model.message}"
     else:
-        reason, message = "NotAvailable", "the server Deployment has too few available replicas"
+        available = int(live.get("availableReplicas") or 0)
+        reason = "NotAvailable"
+        message = f"{available}/{status.updated_replicas} replicas available: {model.message}"
     run.condition("Ready", False, reason, message)

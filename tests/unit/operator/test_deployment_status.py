@@ -271,7 +271,8 @@ def test_status_follows_the_pods_readiness() -> None:
     md = deployment_of(A)
     md = after(md, plan_deployment(md, observe(None, [], resolved(A))))
     starting = [pod(md, A, "m-1", ready=False), pod(md, A, "m-2", ready=False)]
-    plan = plan_deployment(md, observe(live_deployment(md, A, ready=0), starting, resolved(A)))
+    rolling = live_deployment(md, A, ready=0, progressing=("True", "ReplicaSetUpdated"))
+    plan = plan_deployment(md, observe(rolling, starting, resolved(A)))
     assert plan.status.model is not None and plan.status.model.state == "Loading"
     assert condition(plan, "Ready") == ("False", "RollingOut")
 
@@ -283,6 +284,18 @@ def test_status_follows_the_pods_readiness() -> None:
     assert (plan.status.replicas, plan.status.ready_replicas) == (2, 2)
     assert reasons(plan) == ["Ready"]
     assert not plan.unsettled
+
+
+def test_pods_that_stop_being_ready_make_it_unavailable() -> None:
+    md, _ = serving(A)
+    unready = [pod(md, A, "m-1", ready=False), pod(md, A, "m-2")]
+    plan = plan_deployment(md, observe(live_deployment(md, A, ready=1), unready, resolved(A)))
+    assert condition(plan, "Ready") == ("False", "NotAvailable")
+    assert "1/2 replicas available" in next(
+        c.message for c in plan.status.conditions if c.type == "Ready"
+    )
+    assert plan.status.last_good_model == A
+    assert plan.unsettled
 
 
 def test_an_unchanged_world_plans_the_same_status_and_no_events() -> None:
