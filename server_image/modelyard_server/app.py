@@ -6,7 +6,6 @@ per-request overhead is what limits an inference server on small models.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import zlib
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from modelyard_server.batcher import Batcher
@@ -63,7 +63,7 @@ class _ClientGone(Exception):
 
 
 def _json_body(document: Any) -> bytes:
-    return json.dumps(document, separators=(",", ":")).encode()
+    return orjson.dumps(document)
 
 
 class InferenceApp:

@@ -6,7 +6,6 @@ batcher, so one client's bad tensor never fails a batch that holds other clients
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from collections.abc import Hashable, Sequence
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from modelyard_server.errors import bad_request
 from modelyard_server.signature import ALL_DATATYPES, ModelSignature, TensorSpec, datatype_of
@@ -39,16 +39,12 @@ class InferRequest:
     batch_key: Hashable | None
 
 
-def _reject_constant(token: str) -> float:
-    raise ValueError(f"{token} is not valid JSON")
-
-
 def _load_json(raw: bytes | memoryview) -> Any:
+    # orjson: strict RFC 8259 (no NaN, no Infinity, 1e400 refused), a nesting limit, and
+    # an order of magnitude faster than json on number arrays, the bulk of a request.
     try:
-        return json.loads(bytes(raw), parse_constant=_reject_constant)
-    except RecursionError:
-        raise bad_request("malformed JSON: nested too deeply") from None
-    except ValueError as exc:  # includes JSONDecodeError and UnicodeDecodeError
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise bad_request(f"malformed JSON: {exc}") from None
 
 
@@ -253,7 +249,7 @@ def _exact_ints(
     # come out as an integer array is checked element by element, on Python's exact ints.
     flat = np.array(data, dtype=object).ravel()
     if not all(type(x) is int for x in flat):
-        raise bad_request(f"input {name!r}: {spec.datatype} data must be integers")
+        raise bad_request(f"input {name!r}: {spec.datatype} data must be integers in its range")
     try:
         return np.array(flat.tolist(), dtype=dtype).reshape(shape)
     except OverflowError:
@@ -316,13 +312,13 @@ def _bytes_elements(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def _json_data(array: np.ndarray) -> list[Any]:
+def _json_data(array: np.ndarray) -> Any:
     if array.dtype.kind in "OSU":
         return [
             x.decode(errors="replace") if isinstance(x, bytes) else str(x) for x in array.ravel()
         ]
-    flat: list[Any] = array.ravel().tolist()
-    return flat
+    # orjson serializes contiguous numeric arrays natively; NaN and infinity become null.
+    return np.ascontiguousarray(array).ravel()
 
 
 def encode_infer_response(
@@ -354,7 +350,7 @@ def encode_infer_response(
     if request_id is not None:
         document["id"] = request_id
     document["outputs"] = described
-    header = json.dumps(document, separators=(",", ":")).encode()
+    header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)

@@ -175,10 +175,14 @@ def test_gzip_request_body(client: httpx.Client) -> None:
         ),
         (
             b'{"inputs":[{"name":"input","shape":[1,10],"datatype":"FP32","data":[0,0,0,0,0,0,0,0,0,NaN]}]}',
-            "NaN is not valid JSON",
+            "malformed JSON",
         ),
         (
             b'{"inputs":[{"name":"input","shape":[1,10],"datatype":"FP32","data":[0,0,0,0,0,0,0,0,0,1e400]}]}',
+            "malformed JSON: number is infinity",
+        ),
+        (
+            b'{"inputs":[{"name":"input","shape":[1,10],"datatype":"FP32","data":[0,0,0,0,0,0,0,0,0,1e39]}]}',
             "out of range for FP32",
         ),
         (
