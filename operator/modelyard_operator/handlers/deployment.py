@@ -13,7 +13,12 @@ from pydantic import ValidationError
 from modelyard_operator.api.deployment import ModelDeployment, ModelDeploymentStatus, ServedModel
 from modelyard_operator.api.meta import API_VERSION, Condition
 from modelyard_operator.api.training import ModelTrainingStatus
-from modelyard_operator.builders.common import FIELD_MANAGER, Manifest, pvc_claim_and_path
+from modelyard_operator.builders.common import (
+    FIELD_MANAGER,
+    SPEC_HASH_ANNOTATION,
+    Manifest,
+    pvc_claim_and_path,
+)
 from modelyard_operator.builders.common import with_spec_hash as stamped
 from modelyard_operator.builders.deployment import (
     KIND,
@@ -28,7 +33,13 @@ from modelyard_operator.handlers.common import write_status
 from modelyard_operator.kube import ApiError, Kube, manifest_path
 from modelyard_operator.settings import Settings
 from modelyard_operator.status.conditions import condition_is, set_condition
-from modelyard_operator.status.deployment import Observed, Plan, plan_deployment, resolve_model
+from modelyard_operator.status.deployment import (
+    Event,
+    Observed,
+    Plan,
+    plan_deployment,
+    resolve_model,
+)
 from modelyard_trainer.config import format_validation_error
 
 log = logging.getLogger(__name__)
@@ -36,6 +47,12 @@ log = logging.getLogger(__name__)
 # Takes `spec.replicas` over from us when an HPA starts scaling a Deployment whose replicas we
 # applied: dropping the field from our apply would otherwise reset the Deployment to 1 replica.
 HANDOVER_MANAGER = "modelyard-operator-hpa-handover"
+# Answers that retrying the same request cannot change (invalid, forbidden).
+REFUSED = (400, 403, 422)
+
+
+class ChildError(Exception):
+    """A child cannot be applied, e.g. an object of that name belongs to someone else."""
 
 
 class TrainingIndex:
@@ -126,7 +143,14 @@ def reconcile_deployment(
     observed = _observe(kube, settings, md)
     plan = plan_deployment(md, observed)
     if plan.target is not None:
-        _apply_children(kube, settings, md, plan.target, observed.deployment)
+        try:
+            _apply_children(kube, settings, md, plan.target, observed.deployment)
+        except ChildError as error:
+            _report_child_error(md, plan, str(error))
+        except ApiError as error:
+            if error.status not in REFUSED:
+                raise  # conflicts, throttling, outages: the work queue retries with backoff
+            _report_child_error(md, plan, f"the API server refused a child: {error}")
     write_status(
         kube,
         body,
@@ -199,8 +223,41 @@ def _apply_children(
     if is_autoscaled(md) and live_deployment is not None and _owns_replicas(live_deployment):
         _hand_replicas_to_hpa(kube, live_deployment)
     for manifest in wanted:
-        kube.apply_if_changed(manifest)
+        _apply_owned(kube, manifest, md.metadata.uid)
     _delete_unwanted(kube, md, {m["kind"] for m in wanted})
+
+
+def _apply_owned(kube: Kube, manifest: Manifest, uid: str) -> None:
+    """Apply unless unchanged (same spec hash); never take over an object someone else owns."""
+    meta = manifest["metadata"]
+    live = kube.get(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+    if live is not None:
+        owners = live["metadata"].get("ownerReferences") or []
+        if not any(o.get("uid") == uid for o in owners):
+            raise ChildError(
+                f"{manifest['kind']} {meta['name']} already exists and does not belong to this "
+                "ModelDeployment: delete or rename it"
+            )
+        annotations = live["metadata"].get("annotations") or {}
+        if annotations.get(SPEC_HASH_ANNOTATION) == meta["annotations"][SPEC_HASH_ANNOTATION]:
+            return
+    kube.apply(manifest)
+
+
+def _report_child_error(md: ModelDeployment, plan: Plan, message: str) -> None:
+    """Say it in Ready (an Event only when it is news): no crash loop, nothing lost."""
+    was = next((c for c in md.status.conditions if c.type == "Ready"), None)
+    if was is None or was.reason != "ChildRejected" or was.message != message:
+        plan.events.append(Event("Warning", "ChildRejected", message))
+    plan.status.conditions = set_condition(
+        plan.status.conditions,
+        "Ready",
+        False,
+        "ChildRejected",
+        message,
+        datetime.now(UTC),
+        md.metadata.generation,
+    )
 
 
 def _owns_replicas(deployment: Manifest) -> bool:

@@ -17,6 +17,7 @@ The decisions, in order:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -29,7 +30,11 @@ from modelyard_operator.api.deployment import (
     RejectedModel,
     ServedModel,
 )
-from modelyard_operator.api.training import ModelTrainingStatus, TrainingResultStatus
+from modelyard_operator.api.training import (
+    PVC_URI_PATTERN,
+    ModelTrainingStatus,
+    TrainingResultStatus,
+)
 from modelyard_operator.builders.common import Manifest
 from modelyard_operator.builders.deployment import (
     FETCH_CONTAINER,
@@ -135,11 +140,12 @@ def resolve_model(
     result = training.result
     if result is None:
         return Resolution(None, "TrainingNotSucceeded", _no_result_message(name, training))
-    if not result.model_uri.startswith("pvc://"):
+    if not _servable(result.model_uri):
         return Resolution(
             None,
             "InvalidUri",
-            f"ModelTraining {name!r} produced {result.model_uri}: only pvc:// URIs can be served",
+            f"ModelTraining {name!r} produced {result.model_uri}: only pvc://<claim>/<path> "
+            "URIs can be served",
         )
     gate_failure = _gate_failure(md, name, result)
     if gate_failure is not None:
@@ -151,6 +157,10 @@ def resolve_model(
         training_generation=result.generation,
     )
     return Resolution(model, message=_promotion_message(md, name, result))
+
+
+def _servable(uri: str) -> bool:
+    return re.fullmatch(PVC_URI_PATTERN, uri) is not None and "/" in uri.removeprefix("pvc://")
 
 
 def _no_result_message(name: str, training: ModelTrainingStatus) -> str:

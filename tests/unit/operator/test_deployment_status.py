@@ -232,6 +232,12 @@ def test_a_passing_training_result_is_promoted_with_its_generation() -> None:
             "InvalidUri",
             "s3://bucket",
         ),
+        (
+            True,
+            training({"modelUri": "pvc://claim-only", "metrics": {"test_accuracy": 1}}),
+            "InvalidUri",
+            "pvc://<claim>/<path>",
+        ),
     ],
 )
 def test_bad_references_say_why(
