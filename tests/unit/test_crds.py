@@ -8,10 +8,19 @@ from typing import Any
 import pytest
 import yaml
 
-from modelyard_operator.api.crd import KINDS, crd, file_name, render
+from modelyard_operator.api.crd import (
+    CHART_CRDS,
+    KINDS,
+    KUSTOMIZATION,
+    crd,
+    file_name,
+    render,
+    render_kustomization,
+)
 from tests.conftest import ROOT
 
 CRDS = ROOT / "crds"
+CHART = ROOT / CHART_CRDS
 CLIENT_SIDE_APPLY_LIMIT = 256 * 1024
 # Keys that the structural-schema rules forbid or that only JSON Schema knows.
 FORBIDDEN = {"$ref", "$defs", "anyOf", "oneOf", "allOf", "not", "title", "const", "discriminator"}
@@ -34,8 +43,24 @@ def test_crd_file_is_fresh(kind: Any) -> None:
     assert path.read_text() == render(kind), f"{path} is stale: run `make crds`"
 
 
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.kind)
+def test_chart_copy_is_fresh(kind: Any) -> None:
+    path = CHART / file_name(kind)
+    assert path.exists(), f"{path} is missing: run `make crds`"
+    assert path.read_text() == render(kind), f"{path} is stale: run `make crds`"
+
+
+def test_kustomization_is_fresh() -> None:
+    path = CRDS / KUSTOMIZATION
+    assert path.exists(), f"{path} is missing: run `make crds`"
+    assert path.read_text() == render_kustomization(), f"{path} is stale: run `make crds`"
+
+
 def test_no_stray_files_in_crds() -> None:
-    assert sorted(p.name for p in CRDS.iterdir()) == sorted(file_name(k) for k in KINDS)
+    names = sorted(file_name(k) for k in KINDS)
+    assert sorted(p.name for p in CRDS.iterdir()) == sorted([*names, KUSTOMIZATION])
+    # Helm would try to install anything else in the chart's crds/ as an object.
+    assert sorted(p.name for p in CHART.iterdir()) == names
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.kind)
