@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 # Keys of a ModelTraining spec that belong to the trainer; everything else in the spec
@@ -47,7 +47,7 @@ class _Model(BaseModel):
 
 def _cel_rules(*rules: tuple[str, str]) -> ConfigDict:
     """The model validator's checks as CEL rules, so that the API server enforces them too."""
-    entries = [{"rule": rule, "message": message} for rule, message in rules]
+    entries: list[JsonValue] = [{"rule": rule, "message": message} for rule, message in rules]
     return ConfigDict(json_schema_extra={"x-kubernetes-validations": entries})
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from modelyard_trainer.config import (
     ConfigError,
     TrainerConfig,

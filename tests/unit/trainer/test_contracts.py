@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from modelyard_trainer.contracts import (
     PERMANENT_EXIT_CODES,
     TERMINATION_MESSAGE_LIMIT,

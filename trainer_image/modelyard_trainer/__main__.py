@@ -1,0 +1,141 @@
+"""CLI: python -m modelyard_trainer --config FILE --output DIR (alone, or under torchrun).
+
+Every exit path leaves an exit code from the contracts and, in a pod, a termination message:
+the result on success (rank 0), the failure otherwise. The config is validated before torch
+is imported, so a bad config fails in a moment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+import traceback
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .config import ConfigError, load_trainer_config
+from .contracts import (
+    DEFAULT_TERMINATION_LOG,
+    ENV_TERMINATION_LOG,
+    ExitCode,
+    FailureReason,
+    TrainingFailure,
+    TrainingResult,
+    parse_termination_message,
+)
+from .errors import TrainerError
+
+log = logging.getLogger("modelyard_trainer")
+
+
+def _rank(environ: Mapping[str, str], key: str) -> int:
+    try:
+        return int(environ.get(key) or 0)
+    except ValueError:
+        return 0
+
+
+def run_name_from(path: str) -> str:
+    """A local run's name: the config file's stem as a DNS label."""
+    name = re.sub(r"[^a-z0-9-]+", "-", Path(path).stem.lower()).strip("-")
+    return name[:63].strip("-") or "local"
+
+
+def termination_log(environ: Mapping[str, str]) -> Path | None:
+    """Where the termination message goes: the env's path, or Kubernetes' file if it exists.
+
+    Never created on a laptop: /dev/termination-log exists only when the kubelet mounts it.
+    """
+    configured = environ.get(ENV_TERMINATION_LOG)
+    if configured:
+        return Path(configured)
+    default = Path(DEFAULT_TERMINATION_LOG)
+    return default if default.exists() else None
+
+
+def write_termination(
+    message: TrainingResult | TrainingFailure, environ: Mapping[str, str]
+) -> None:
+    path = termination_log(environ)
+    if path is None:
+        return
+    try:
+        # Processes of one pod share the file: the first failure is the root cause.
+        if (
+            isinstance(message, TrainingFailure)
+            and path.is_file()
+            and isinstance(
+                parse_termination_message(path.read_text(errors="replace")), TrainingFailure
+            )
+        ):
+            return
+        path.write_text(message.to_termination_message(), encoding="utf-8")
+    except OSError as error:
+        log.warning("cannot write the termination message to %s: %s", path, error)
+
+
+def _fail(exit_code: int, reason: FailureReason, message: str, environ: Mapping[str, str]) -> int:
+    rank = _rank(environ, "RANK")
+    log.error("%s: %s", reason, message)
+    write_termination(
+        TrainingFailure(exit_code=exit_code, reason=reason, message=message, rank=rank), environ
+    )
+    return exit_code
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="modelyard-trainer",
+        description="Train, evaluate and export a model to ONNX (run under torchrun for DDP).",
+    )
+    parser.add_argument(
+        "--config",
+        required=True,
+        help="a ModelTraining manifest, or its trainer section, as YAML or JSON",
+    )
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="output root; the run's artifacts go to <output>/<ns>/<name>/<uid>/g<generation>/",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    environ = os.environ if environ is None else environ
+    args = parse_args(argv)
+    rank = _rank(environ, "RANK")
+    logging.basicConfig(
+        level=logging.WARNING,
+        format=f"modelyard-trainer[{rank}]: %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    log.setLevel(logging.INFO)
+    try:
+        config = load_trainer_config(args.config)
+        from .runner import execute
+
+        result = execute(config, Path(args.output), environ, run_name_from(args.config))
+    except ConfigError as error:
+        return _fail(int(ExitCode.CONFIG_INVALID), "InvalidConfig", str(error), environ)
+    except TrainerError as error:
+        return _fail(error.exit_code, error.reason, error.message, environ)
+    except Exception as error:
+        from .distributed import is_peer_error
+
+        if _rank(environ, "WORLD_SIZE") > 1 and is_peer_error(error):
+            message = f"lost contact with the other workers: {error}"
+            return _fail(1, "PeerLost", message, environ)
+        traceback.print_exc()
+        return _fail(1, "Error", f"{type(error).__name__}: {error}", environ)
+    if result is not None:
+        write_termination(result, environ)
+        print(result.model_dump_json(by_alias=True, exclude_none=True), flush=True)
+    return int(ExitCode.SUCCESS)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Failures that end a run, each tied to its exit code and CamelCase reason from the contracts."""
+
+from __future__ import annotations
+
+from .contracts import ExitCode, FailureReason
+
+
+class TrainerError(Exception):
+    """A failure the trainer understands; the message is written for the person who reads status."""
+
+    exit_code: int = 1
+    reason: FailureReason = "Error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidConfig(TrainerError):
+    """The config (or the data it names) cannot work; retrying cannot help."""
+
+    exit_code = int(ExitCode.CONFIG_INVALID)
+    reason = "InvalidConfig"
+
+
+class LossDiverged(TrainerError):
+    """The loss became NaN/inf or crossed training.divergenceThreshold."""
+
+    exit_code = int(ExitCode.LOSS_DIVERGED)
+    reason = "LossDiverged"
+
+
+class ParityCheckFailed(TrainerError):
+    """ONNX Runtime disagrees with PyTorch beyond export.parityTolerance."""
+
+    exit_code = int(ExitCode.PARITY_FAILED)
+    reason = "ParityCheckFailed"
+
+
+class PeerLost(TrainerError):
+    """Another worker vanished or stopped answering; a new attempt may succeed."""
+
+    exit_code = 1
+    reason = "PeerLost"
