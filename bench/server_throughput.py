@@ -54,6 +54,10 @@ class Point:
     p50_ms: float
     p99_ms: float
     errors: int
+    # CPU time the server process used per request (all its threads): robust to other
+    # load on the machine, unlike wall-clock throughput. 1000 / cpu_ms_per_request is the
+    # request rate one exclusive core would sustain.
+    cpu_ms_per_request: float = 0.0
 
 
 def free_port() -> int:
@@ -91,8 +95,8 @@ def request_body(width: int, binary: bool) -> tuple[bytes, dict[str, str]]:
     }
 
 
-def wrk_script(workdir: Path, body: bytes, headers: dict[str, str]) -> Path:
-    body_path = workdir / "body.bin"
+def wrk_script(workdir: Path, tag: str, body: bytes, headers: dict[str, str]) -> Path:
+    body_path = workdir / f"{tag}.body"
     body_path.write_bytes(body)
     lines = [
         f'local f = assert(io.open("{body_path}", "rb"))',
@@ -101,7 +105,7 @@ def wrk_script(workdir: Path, body: bytes, headers: dict[str, str]) -> Path:
         "f:close()",
     ]
     lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
-    script = workdir / "post.lua"
+    script = workdir / f"{tag}.lua"
     script.write_text("\n".join(lines) + "\n")
     return script
 
@@ -134,6 +138,11 @@ def run_wrk(cpu: str, url: str, script: Path, connections: int, seconds: float) 
         errors += sum(int(g) for g in m.groups())
     result["errors"] = errors
     return result
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def server_command(
@@ -178,25 +187,17 @@ def bench_server(
         check = urllib.request.Request(url, data=body, headers=headers, method="POST")
         with urllib.request.urlopen(check, timeout=10) as response:
             assert response.status == 200, response.status
-        script = wrk_script(workdir, body, headers)
+        script = wrk_script(workdir, f"{contender}-{name}", body, headers)
         run_wrk(args.client_cpu, url, script, 16, args.warmup)
         for c in args.concurrency:
+            cpu_before = cpu_seconds(proc.pid)
             r = run_wrk(args.client_cpu, url, script, c, args.duration)
-            points.append(
-                Point(
-                    name,
-                    contender,
-                    c,
-                    r["requests_per_s"],
-                    r["requests_per_s"],
-                    r["p50_ms"],
-                    r["p99_ms"],
-                    int(r["errors"]),
-                )  # fmt: skip
-            )
-            print(f"  {contender:14} c={c:<3} {r['requests_per_s']:9.0f} req/s  "
-                  f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  errors {int(r['errors'])}",
-                  flush=True)  # fmt: skip
+            cpu = cpu_seconds(proc.pid) - cpu_before
+            rps = r["requests_per_s"]
+            point = Point(name, contender, c, rps, rps, r["p50_ms"], r["p99_ms"], int(r["errors"]))
+            point.cpu_ms_per_request = 1000 * cpu / max(1.0, rps * round(args.duration))
+            points.append(point)
+            print(f"  {contender:14} c={c:<3} {_figures(point)}  errors {point.errors}", flush=True)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -233,7 +234,8 @@ def bench_inprocess(name: str, model: Path, args: argparse.Namespace) -> list[Po
 
 
 def _figures(p: Point) -> str:
-    return f"{p.rows_per_s:9.0f} rows/s  p50 {p.p50_ms:7.2f} ms  p99 {p.p99_ms:7.2f} ms"
+    cpu = f"  cpu {p.cpu_ms_per_request:6.3f} ms/req" if p.cpu_ms_per_request else ""
+    return f"{p.rows_per_s:9.0f} rows/s  p50 {p.p50_ms:7.2f} ms  p99 {p.p99_ms:7.2f} ms{cpu}"
 
 
 def report(points: list[Point], args: argparse.Namespace) -> None:

@@ -10,7 +10,7 @@ import logging
 import time
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
@@ -51,7 +51,6 @@ class ServingState:
     model: LoadedModel | None = None
     batcher: Batcher | None = None
     shutting_down: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:

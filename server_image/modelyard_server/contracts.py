@@ -19,6 +19,8 @@ from pydantic.alias_generators import to_camel
 
 EXIT_OK = 0
 """Normal exit, including a graceful shutdown after SIGTERM."""
+EXIT_SERVER_ERROR = 1
+"""The HTTP server could not start (e.g. the port is taken) or failed unexpectedly."""
 EXIT_CONFIG_ERROR = 2
 """Invalid settings (environment or command line); a LoadFailure InvalidConfig was written."""
 EXIT_LOAD_FAILURE = 3

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import math
 import signal
+import socket
 from collections.abc import Generator
 
 import uvicorn
@@ -21,7 +22,7 @@ import uvicorn
 from modelyard_server.app import InferenceApp, ServingState
 from modelyard_server.batcher import Batcher
 from modelyard_server.config import ServerSettings
-from modelyard_server.contracts import EXIT_LOAD_FAILURE, EXIT_OK
+from modelyard_server.contracts import EXIT_LOAD_FAILURE, EXIT_OK, EXIT_SERVER_ERROR
 from modelyard_server.metrics import ServerMetrics
 from modelyard_server.model import LoadError, load_model
 from modelyard_server.termination import report_load_failure
@@ -35,6 +36,17 @@ class _UvicornServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+    startup_failed = False
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn calls sys.exit() when it cannot bind; a SystemExit that leaves a task
+        # stops the event loop at once, so turn it into a flag here, inside the task.
+        try:
+            await super().startup(sockets)
+        except SystemExit:
+            self.startup_failed = True
+            self.should_exit = True
 
 
 class Lifecycle:
@@ -51,6 +63,10 @@ class Lifecycle:
             loop="none",
             lifespan="off",
             access_log=False,
+            # No client-address rewriting (nothing here uses it) and no "server: uvicorn":
+            # both cost time on every request.
+            proxy_headers=False,
+            server_header=False,
             log_level="warning",
             # Longer than the idle timeout of common proxies, so they close first.
             timeout_keep_alive=75,
@@ -69,9 +85,9 @@ class Lifecycle:
         loading = asyncio.create_task(self._load(), name="load")
         try:
             await serving
-        except SystemExit as exc:  # uvicorn exits like this when it cannot bind the port
-            log.error("the HTTP server could not start")
-            self.exit_code = exc.code if isinstance(exc.code, int) and exc.code else 1
+            if self.server.startup_failed:
+                log.error("the HTTP server could not start")
+                self.exit_code = EXIT_SERVER_ERROR
         finally:
             loading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
