@@ -73,9 +73,8 @@ def parse_infer_request(
         header, binary = _load_json(view[:header_length]), view[header_length:]
     if not isinstance(header, dict):
         raise bad_request("the request must be a JSON object")
-    for key in header:
-        if key not in ("id", "parameters", "inputs", "outputs"):
-            raise bad_request(f"unknown field {key!r} in the request")
+    # Unknown fields are ignored: clients add their own (KServe's sends "model_name"), and a
+    # misspelt required field is still caught as missing.
 
     request_id = header.get("id")
     if request_id is not None and not isinstance(request_id, str):
@@ -112,9 +111,6 @@ def _parse_inputs(
             raise bad_request(f"unknown input {name!r}; the model's inputs are {expected}")
         if name in parsed:
             raise bad_request(f"input {name!r} is given twice")
-        for key in raw:
-            if key not in ("name", "shape", "datatype", "parameters", "data"):
-                raise bad_request(f"unknown field {key!r} in input {name!r}")
         datatype = raw.get("datatype")
         if not isinstance(datatype, str) or datatype not in ALL_DATATYPES:
             raise bad_request(f"input {name!r}: unknown datatype {datatype!r}")
