@@ -169,6 +169,7 @@ class Batcher:
                 return
             # One request's values (not its shape: that was checked) broke the batch;
             # rerun each alone so the others still get their answer.
+            log.info("a batch of %d requests failed (%s); running them one by one", len(batch), exc)
             for job in batch:
                 await self._execute([job])
             return

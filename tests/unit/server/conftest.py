@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .onnx_models import all_types, mlp, save, slow_identity
+from .onnx_models import all_types, lookup_table, mlp, save, slow_identity
 
 
 def free_port() -> int:
@@ -94,6 +94,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "mlp": save(mlp([10, 20, 10], seed=1), root / "mlp.onnx"),
         "all_types": save(all_types(), root / "all_types.onnx"),
         "slow": save(slow_identity(), root / "slow.onnx"),
+        "lookup": save(lookup_table(), root / "lookup.onnx"),
     }
 
 

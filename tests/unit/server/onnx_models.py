@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench" / "server"))
 from onnx_mlp import mlp, save
 
-__all__ = ["ALL_TYPES", "all_types", "mlp", "save", "slow_identity"]
+__all__ = ["ALL_TYPES", "all_types", "lookup_table", "mlp", "save", "slow_identity"]
 
 # OIP datatype -> (ONNX element type, numpy dtype)
 ALL_TYPES: dict[str, tuple[int, np.dtype]] = {
@@ -63,6 +63,44 @@ def slow_identity(width: int = 512, repeats: int = 64) -> onnx.ModelProto:
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", width])],
         [eye],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def lookup_table(rows: int = 10, width: int = 3, busy: int = 32) -> onnx.ModelProto:
+    """output[b] = table[idx[b]]: an index past the table fails in ONNX Runtime, at run time.
+
+    Its shapes are always valid, so only the values of one request can fail a batch. A
+    second output, `busy`, costs about a millisecond per row (MatMuls with an identity), so
+    that requests sent together queue up behind the first one and share a batch.
+    """
+    table = np.arange(rows * width, dtype=np.float32).reshape(rows, width)
+    nodes = [
+        helper.make_node("Gather", ["table", "idx"], ["output"], axis=0),
+        helper.make_node("Cast", ["idx"], ["idx_f"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["idx_f", "axis1"], ["column"]),
+        helper.make_node("MatMul", ["column", "ones"], ["b0"]),
+    ]
+    for i in range(busy):
+        nodes.append(helper.make_node("MatMul", [f"b{i}", "eye"], [f"b{i + 1}"]))
+    nodes.append(helper.make_node("ReduceSum", [f"b{busy}", "axis1"], ["busy"], keepdims=0))
+    graph = helper.make_graph(
+        nodes,
+        "lookup",
+        [helper.make_tensor_value_info("idx", TensorProto.INT64, ["batch"])],
+        [
+            helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", width]),
+            helper.make_tensor_value_info("busy", TensorProto.FLOAT, ["batch"]),
+        ],
+        [
+            numpy_helper.from_array(table, "table"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+            numpy_helper.from_array(np.ones((1, 512), dtype=np.float32), "ones"),
+            numpy_helper.from_array(np.eye(512, dtype=np.float32), "eye"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
