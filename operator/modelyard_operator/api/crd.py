@@ -108,7 +108,7 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         variants = [v for v in node.pop("anyOf") if v.get("type") != "null"]
         if len(variants) != 1:
             raise ValueError(f"unions are not structural: {variants}")
-        node = {**_structural(variants[0], defs), **node}
+        return _structural({**variants[0], **node}, defs)
     if "const" in node:
         node["enum"] = [node.pop("const")]
     out: dict[str, Any] = {k: v for k, v in node.items() if k in _KEPT_KEYS}
