@@ -116,9 +116,18 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     log.setLevel(logging.INFO)
     try:
         config = load_trainer_config(args.config)
-        from .runner import execute
+        name = run_name_from(args.config)
+        result = None
+        if _rank(environ, "WORLD_SIZE") <= 1:
+            # A single process may answer a rerun of a final run without loading torch; with
+            # peers, rank 0 decides (it may be the only one that sees the output volume).
+            from .final import final_result
 
-        result = execute(config, Path(args.output), environ, run_name_from(args.config))
+            result = final_result(config, Path(args.output), environ, name)
+        if result is None:
+            from .runner import execute
+
+            result = execute(config, Path(args.output), environ, name)
     except ConfigError as error:
         return _fail(int(ExitCode.CONFIG_INVALID), "InvalidConfig", str(error), environ)
     except TrainerError as error:

@@ -206,6 +206,15 @@ def export_onnx(
     if codes is not None:
         prefix = _categorical_graph(spec, opset, proto.ir_version)
         proto = onnx.compose.merge_models(prefix, proto, io_map=[(CODES, CODES)])
+        # merge_models lists a domain once per source model; tools (the quantizer) want one.
+        opsets = {opset.domain: opset.version for opset in proto.opset_import}
+        del proto.opset_import[:]
+        proto.opset_import.extend(helper.make_opsetid(d, v) for d, v in opsets.items())
+        # Numbers first, like the models without string columns.
+        inputs = sorted(proto.graph.input, key=lambda value: value.name != INPUT_NUMERIC)
+        ordered = [onnx.ValueInfoProto.FromString(value.SerializeToString()) for value in inputs]
+        del proto.graph.input[:]
+        proto.graph.input.extend(ordered)
     strip_debug_info(proto)
     proto.producer_name = "modelyard-trainer"
     onnx.checker.check_model(proto, full_check=True)

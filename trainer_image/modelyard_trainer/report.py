@@ -161,10 +161,12 @@ def make_reporter(
 
 
 class EtaEstimator:
-    """Time left = mean wall time per step so far x steps left.
+    """Time left = mean wall time per step x steps left.
 
-    Measured from the first step of this process (after a resume too), over everything the
-    loop does (validation and checkpoints included), so a steady run gets an honest estimate.
+    The mean covers everything the loop does (validation and checkpoints included), from the
+    end of the first epoch this process ran: that epoch carries one-time costs (allocation,
+    warm caches, the first checkpoint's directory) that would make every later estimate high.
+    Until then, the mean since the start is the best there is.
     """
 
     def __init__(self, total_steps: int, done_steps: int, clock: Callable[[], float]) -> None:
@@ -172,6 +174,14 @@ class EtaEstimator:
         self._start_done = done_steps
         self._clock = clock
         self._start = clock()
+        self._rebased = False
+
+    def epoch_done(self, done_steps: int) -> None:
+        """Call at each epoch's end; the first call moves the baseline past the warm-up."""
+        if not self._rebased and done_steps < self.total:
+            self._rebased = True
+            self._start_done = done_steps
+            self._start = self._clock()
 
     def eta(self, done_steps: int) -> float | None:
         progressed = done_steps - self._start_done

@@ -7,7 +7,6 @@ metadata.json is written last: its presence marks the run's artifacts final.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import logging
 import os
@@ -26,7 +25,6 @@ from .config import TrainerConfig
 from .contracts import (
     CHECKPOINT_DIR,
     DEFAULT_PVC_MOUNT_ROOT,
-    ENV_OUTPUT_URI,
     ENV_PVC_MOUNT_ROOT,
     METADATA_FILE,
     MODEL_FILE,
@@ -39,22 +37,18 @@ from .contracts import (
     RunIdentity,
     TrainingResult,
     TrainingSummary,
-    join_uri,
     run_identity_from_env,
 )
 from .data import Dataset, Part, PreprocessingSpec, load_dataset
 from .errors import ParityCheckFailed
 from .files import sha256_of, write_text_atomically
+from .final import artifact_uri_of, config_digest, read_final, result_from_metadata
 from .report import ProgressReporter, make_reporter, utc_now
 
 log = logging.getLogger(__name__)
 
 CANDIDATE_FILE = "model.candidate.onnx"
 REJECTED_FILE = "model.rejected.onnx"
-
-
-def config_digest(config: TrainerConfig) -> str:
-    return hashlib.sha256(config.model_dump_json(by_alias=True).encode()).hexdigest()
 
 
 def _versions() -> dict[str, str]:
@@ -67,43 +61,9 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def result_from_metadata(metadata: ArtifactMetadata, artifact_uri: str) -> TrainingResult:
-    served = metadata.files[metadata.model_file]
-    return TrainingResult(
-        artifact_uri=artifact_uri,
-        model_file=metadata.model_file,
-        sha256=served.sha256,
-        size_bytes=served.size_bytes,
-        metrics=metadata.metrics.headline(),
-        generation=metadata.run.generation,
-        inputs=[tensor.brief() for tensor in metadata.inputs],
-    )
-
-
-def _read_final(run_dir: Path, digest: str) -> ArtifactMetadata | None:
-    """The run's metadata when the run is already final for this very config."""
-    path = run_dir / METADATA_FILE
-    if not path.is_file():
-        return None
-    try:
-        metadata = ArtifactMetadata.model_validate_json(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        log.warning("ignoring unreadable %s: %s", path, error)
-        return None
-    try:
-        produced_by = TrainerConfig.model_validate(metadata.config)
-    except ValueError:
-        return None
-    if config_digest(produced_by) != digest:
-        return None
-    if not (run_dir / metadata.model_file).is_file():
-        return None
-    return metadata
-
-
 def _prepare_run_dir(run_dir: Path, digest: str) -> dict[str, Any]:
     """Rank 0's view of the run directory: already final, or a checkpoint to resume from."""
-    if _read_final(run_dir, digest) is not None:
+    if read_final(run_dir, digest) is not None:
         return {"final": True, "checkpoint": None}
     checkpoints = run_dir / CHECKPOINT_DIR
     latest = read_latest(checkpoints)
@@ -154,9 +114,7 @@ def _execute(
     from .train import Trainer
 
     run_dir = output / identity.relpath
-    artifact_uri = join_uri(
-        environ.get(ENV_OUTPUT_URI) or output.resolve().as_uri(), identity.relpath
-    )
+    artifact_uri = artifact_uri_of(output, environ, identity.relpath)
     digest = config_digest(config)
     plan: dict[str, Any] = distributed.broadcast_object(
         context, _prepare_run_dir(run_dir, digest) if context.is_main else {}
@@ -164,7 +122,7 @@ def _execute(
     if plan["final"]:
         if not context.is_main:
             return None
-        metadata = _read_final(run_dir, digest)
+        metadata = read_final(run_dir, digest)
         assert metadata is not None
         log.info("%s is already final; reporting its result", run_dir)
         return result_from_metadata(metadata, artifact_uri)

@@ -363,6 +363,7 @@ class Trainer:
                     },
                     config.checkpoint.keep,
                 )
+            eta.epoch_done((epoch + 1) * steps_per_epoch)
             if self.reporter.due():
                 self.reporter.report(progress(epoch + 1, 0, train_loss))
             if stop:
