@@ -1,0 +1,133 @@
+"""Fixtures for tests against a real API server: the local control plane of hack/cluster.sh.
+
+- every test under tests/integration is marked `cluster` (`pytest -m "not cluster"` skips them);
+- `cluster` (session): reuses a control plane that is already up (.cluster/kubeconfig
+  answers /readyz) or starts one and stops it at the end; installs every CRD in crds/;
+- `api` (session): a kubernetes ApiClient for the admin kubeconfig;
+- `namespace`: a fresh namespace per test (with its default ServiceAccount), deleted after;
+- `audit`: reads the API server's audit log (writes by user, in a time window).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from tests.integration.support import (
+    AUDIT_LOG,
+    CLUSTER_DIR,
+    HACK,
+    KUBECONFIG,
+    AuditLog,
+    Cluster,
+    bin_dir,
+    binaries_ready,
+    install_crds,
+    is_up,
+    namespace_name,
+    wait_until,
+)
+
+INTEGRATION_DIR = Path(__file__).resolve().parent
+START_TIMEOUT_S = 300
+
+
+@pytest.hookimpl(tryfirst=True)  # before the mark plugin applies -m
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if INTEGRATION_DIR in Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.cluster)
+
+
+def _cluster_sh(*args: str) -> None:
+    subprocess.run(
+        [str(HACK / "cluster.sh"), *args],
+        check=True,
+        timeout=START_TIMEOUT_S,
+        env={**os.environ, "MODELYARD_CLUSTER_DIR": str(CLUSTER_DIR)},
+    )
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    kubectl = bin_dir() / "kubectl"
+    started_here = False
+    if not is_up(kubectl):
+        if not binaries_ready():
+            pytest.fail(
+                "the Kubernetes binaries are not built: run `make k8s-binaries` "
+                "(hack/k8s-binaries.sh) or `make cluster-up` first",
+                pytrace=False,
+            )
+        _cluster_sh("up")
+        started_here = True
+    try:
+        base = Cluster(
+            kubeconfig=KUBECONFIG,
+            bin_dir=kubectl.parent,
+            audit_log=AUDIT_LOG,
+            started_here=started_here,
+        )
+        crds = install_crds(base)
+        yield Cluster(
+            kubeconfig=base.kubeconfig,
+            bin_dir=base.bin_dir,
+            audit_log=base.audit_log,
+            started_here=started_here,
+            crds=crds,
+        )
+    finally:
+        if started_here and not os.environ.get("MODELYARD_KEEP_CLUSTER"):
+            _cluster_sh("down")
+
+
+@pytest.fixture(scope="session")
+def api(cluster: Cluster) -> Iterator[client.ApiClient]:
+    api_client = cluster.api_client()
+    try:
+        yield api_client
+    finally:
+        api_client.close()
+
+
+@pytest.fixture
+def namespace(api: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
+    core = client.CoreV1Api(api)
+    name = namespace_name(request.node.name)
+    core.create_namespace(
+        client.V1Namespace(
+            metadata=client.V1ObjectMeta(name=name, labels={"modelyard.dev/test": "true"})
+        )
+    )
+
+    def has_default_sa() -> bool:
+        # The ServiceAccount admission plugin rejects pods until the controller-manager
+        # has created the namespace's "default" ServiceAccount.
+        try:
+            core.read_namespaced_service_account("default", name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    wait_until(has_default_sa, timeout=30, what=f"ServiceAccount {name}/default")
+    try:
+        yield name
+    finally:
+        try:
+            core.delete_namespace(name, propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+@pytest.fixture(scope="session")
+def audit(cluster: Cluster) -> AuditLog:
+    return AuditLog(cluster.audit_log, cluster.kubeconfig, cluster.bin_dir / "kubectl")
