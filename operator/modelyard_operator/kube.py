@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -86,6 +87,20 @@ def selector(labels: dict[str, str]) -> str:
     return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
 
 
+def _tls_context(configuration: Configuration) -> ssl.SSLContext:
+    """CA and client certificate in one context: httpx 0.28 ignores `cert=` when `verify` is
+    a path, and the API server would then see an anonymous client."""
+    if configuration.verify_ssl:
+        context = ssl.create_default_context(cafile=configuration.ssl_ca_cert or None)
+    else:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if configuration.cert_file and configuration.key_file:
+        context.load_cert_chain(configuration.cert_file, configuration.key_file)
+    return context
+
+
 class Kube:
     """Synchronous API calls; safe to share between threads."""
 
@@ -101,14 +116,8 @@ class Kube:
             kube_config.load_incluster_config(client_configuration=configuration)
         except kube_config.ConfigException:
             kube_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-        cert: tuple[str, str] | None = None
-        if configuration.cert_file and configuration.key_file:
-            cert = (configuration.cert_file, configuration.key_file)
         http = httpx.Client(
-            base_url=configuration.host,
-            verify=configuration.ssl_ca_cert or configuration.verify_ssl,
-            cert=cert,
-            timeout=timeout,
+            base_url=configuration.host, verify=_tls_context(configuration), timeout=timeout
         )
 
         def token() -> str | None:
