@@ -145,35 +145,42 @@ def is_up(kubectl: Path, kubeconfig: Path = KUBECONFIG) -> bool:
     return probe.returncode == 0 and probe.stdout.strip() == "ok"
 
 
-def crd_documents(files: Iterable[Path]) -> list[dict[str, Any]]:
-    """The CustomResourceDefinitions in `files`; other documents (a kustomization) are skipped."""
-    return [
-        doc
-        for path in files
-        for doc in yaml.safe_load_all(path.read_text())
-        if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition"
-    ]
+# libyaml when PyYAML has it: the generated CRDs are large.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def crd_names_by_file(files: Iterable[Path]) -> dict[Path, list[str]]:
+    """The CustomResourceDefinitions in each of `files`; files without one (a
+    kustomization) are left out."""
+    found: dict[Path, list[str]] = {}
+    for path in files:
+        names = [
+            doc["metadata"]["name"]
+            for doc in yaml.load_all(path.read_text(), Loader=_YAML_LOADER)
+            if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition"
+        ]
+        if names:
+            found[path] = names
+    return found
 
 
 def install_crds(cluster: Cluster, directory: Path = CRDS_DIR) -> tuple[str, ...]:
     """Apply every CRD in the YAML files of `directory`; wait until each is Established."""
-    crds = crd_documents(sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]))
-    if not crds:
+    by_file = crd_names_by_file(sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]))
+    if not by_file:
         return ()
+    files = [arg for path in by_file for arg in ("-f", str(path))]
     cluster.kubectl(
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "--field-manager=modelyard-tests",
-        "-f",
-        "-",
-        stdin=yaml.safe_dump_all(crds),
+        "apply", "--server-side", "--force-conflicts", "--field-manager=modelyard-tests", *files
     )
-    names = tuple(doc["metadata"]["name"] for doc in crds)
-    for name in names:
-        cluster.kubectl(
-            "wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s", timeout=90
-        )
+    names = tuple(name for names in by_file.values() for name in names)
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        *(f"crd/{name}" for name in names),
+        timeout=90,
+    )
     return names
 
 
@@ -243,24 +250,33 @@ class AuditLog:
         self.path = path
         self._barrier_kubeconfig = barrier_kubeconfig
         self._kubectl = kubectl
+        self._events: list[AuditEvent] = []
+        self._offset = 0
+        self._inode: int | None = None
 
     @staticmethod
     def now() -> datetime:
         return datetime.now(UTC)
 
     def events(self) -> list[AuditEvent]:
-        if not self.path.exists():
+        """Every event in the log so far (read incrementally: only new lines are parsed)."""
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
             return []
-        events = []
-        with self.path.open(encoding="utf-8") as lines:
-            for line in lines:
-                # The last line may still be half written.
-                try:
-                    raw = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                events.append(AuditEvent.from_json(raw))
-        return events
+        if stat.st_ino != self._inode or stat.st_size < self._offset:
+            # A new cluster (or a rotated log): start over.
+            self._inode, self._offset, self._events = stat.st_ino, 0, []
+        with self.path.open("rb") as log:
+            log.seek(self._offset)
+            chunk = log.read()
+        # Only whole lines: the last one may still be being written.
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self._offset += len(complete)
+        for line in complete.splitlines():
+            if line.strip():
+                self._events.append(AuditEvent.from_json(json.loads(line)))
+        return list(self._events)
 
     def writes(
         self,
