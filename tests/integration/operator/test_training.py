@@ -1,0 +1,294 @@
+"""ModelTraining against the real API server, with the operator running as a process.
+
+kwok stands in for the kubelet; the pods carry the label that turns kwok's stages off, so these
+tests drive pod phases, exit codes and termination messages themselves, as a kubelet reports
+them. Everything else (Job controller, garbage collector, scheduler, admission) is real.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from modelyard_trainer.contracts import ProgressRecord, TrainingFailure, TrainingResult
+from tests.conftest import load_sample
+from tests.integration.operator.conftest import OPERATOR_USER, OperatorProcess
+from tests.integration.operator.kinds import MANUAL_POD_LABELS, Objects
+from tests.integration.support import AuditLog, wait_until
+
+PLURAL = "modeltrainings"
+
+
+@pytest.fixture
+def objects(api: client.ApiClient, namespace: str, operator: OperatorProcess) -> Objects:
+    objects = Objects(api, namespace)
+    objects.restrict_pod_security()
+    objects.models_claim()
+    return objects
+
+
+def training(name: str = "digits", workers: int = 2, **spec: Any) -> dict[str, Any]:
+    document = load_sample("digits.yaml")
+    document["metadata"] = {"name": name}
+    document["spec"].update({"workers": workers, "pod": {"labels": MANUAL_POD_LABELS}}, **spec)
+    return document
+
+
+def phase_is(*phases: str) -> Any:
+    return lambda obj: (obj.get("status") or {}).get("phase") in phases
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in obj["status"]["conditions"] if c["type"] == type_)
+
+
+def attempt_pods(objects: Objects, name: str, attempt: int, count: int) -> list[Any]:
+    selector = f"modelyard.dev/training={name},modelyard.dev/attempt={attempt}"
+    return wait_until(
+        lambda: p if len(p := objects.pods(selector)) == count else None,
+        timeout=60,
+        what=f"{count} pods of attempt {attempt}",
+    )
+
+
+def run_all(objects: Objects, pods: list[Any]) -> None:
+    for pod in pods:
+        objects.set_pod(pod, "Running")
+
+
+def succeed(objects: Objects, pods: list[Any], uri: str, accuracy: float = 0.97) -> None:
+    result = TrainingResult(
+        artifact_uri=uri, sha256="ab" * 32, size_bytes=4242, metrics={"test_accuracy": accuracy}
+    )
+    for pod in pods:
+        rank = pod.metadata.annotations["batch.kubernetes.io/job-completion-index"]
+        message = result.to_termination_message() if rank == "0" else ""
+        objects.set_pod(pod, "Succeeded", exit_code=0, message=message)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_children_and_environment_in_the_cluster(objects: Objects, workers: int) -> None:
+    mt = objects.create(PLURAL, training(workers=workers))
+    pods = attempt_pods(objects, "digits", 1, workers)
+    ns = objects.namespace
+    job = objects.batch.read_namespaced_job("digits-a1", ns)
+    assert job.spec.completions == job.spec.parallelism == workers
+    assert job.spec.completion_mode == "Indexed"
+    assert job.metadata.owner_references[0].uid == mt["metadata"]["uid"]
+    service = objects.core.read_namespaced_service("digits", ns)
+    assert service.spec.cluster_ip == "None" and service.spec.publish_not_ready_addresses
+    objects.core.read_namespaced_config_map("digits-config", ns)
+    objects.core.read_namespaced_config_map("digits-progress", ns)
+    rbac = client.RbacAuthorizationV1Api(objects.api)
+    assert rbac.read_namespaced_role("digits-trainer", ns).rules[0].resource_names == [
+        "digits-progress"
+    ]
+    client.NetworkingV1Api(objects.api).read_namespaced_network_policy("digits", ns)
+    ranks = sorted(
+        int(p.metadata.annotations["batch.kubernetes.io/job-completion-index"]) for p in pods
+    )
+    assert ranks == list(range(workers))
+    for pod in pods:  # admitted under Pod Security "restricted", with one rank each
+        assert pod.spec.subdomain == "digits"
+        env = {e.name: e for e in pod.spec.containers[0].env}
+        assert env["PET_MASTER_ADDR"].value == "digits-a1-0.digits"
+        assert env["PET_NNODES"].value == str(workers)
+
+
+def test_a_failed_worker_starts_a_new_attempt_with_a_new_rendezvous_id(objects: Objects) -> None:
+    objects.create(PLURAL, training())
+    first = attempt_pods(objects, "digits", 1, 2)
+    run_all(objects, first)
+    objects.wait_for(PLURAL, "digits", phase_is("Running"))
+    failure = TrainingFailure(exit_code=1, reason="PeerLost", message="rank 1 is gone", rank=0)
+    objects.set_pod(first[1], "Failed", exit_code=137, reason="OOMKilled")
+    objects.set_pod(first[0], "Failed", exit_code=1, message=failure.to_termination_message())
+    second = attempt_pods(objects, "digits", 2, 2)
+    ids = {
+        e.value for p in first + second for e in p.spec.containers[0].env if e.name == "PET_RDZV_ID"
+    }
+    assert len(ids) == 2
+    mt = objects.wait_for(PLURAL, "digits", lambda o: o["status"].get("attempt") == 2)
+    assert mt["status"]["failedAttempts"] == 1
+    assert mt["status"]["lastFailure"]["attempt"] == 1
+    assert condition(mt, "Restarting")["status"] == "True"
+    assert objects.jobs("modelyard.dev/attempt=1") == []  # the old gang is gone
+
+
+def test_an_exhausted_backoff_fails_with_its_reason(objects: Objects) -> None:
+    objects.create(PLURAL, training(workers=1, runPolicy={"backoffLimit": 1}))
+    for attempt in (1, 2):
+        (pod,) = attempt_pods(objects, "digits", attempt, 1)
+        objects.set_pod(pod, "Failed", exit_code=1, reason="Error", message="boom")
+    mt = objects.wait_for(PLURAL, "digits", phase_is("Failed"))
+    failed = condition(mt, "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "BackoffLimitExceeded"
+    assert mt["status"]["failedAttempts"] == 2
+    assert objects.jobs("modelyard.dev/attempt=3") == []
+
+
+def test_a_permanent_exit_code_fails_without_retry(objects: Objects) -> None:
+    objects.create(PLURAL, training(workers=1))
+    (pod,) = attempt_pods(objects, "digits", 1, 1)
+    failure = TrainingFailure(exit_code=66, reason="ParityCheckFailed", message="max diff 0.3")
+    objects.set_pod(pod, "Failed", exit_code=66, message=failure.to_termination_message())
+    mt = objects.wait_for(PLURAL, "digits", phase_is("Failed"))
+    assert condition(mt, "Failed")["reason"] == "ParityCheckFailed"
+    assert mt["status"]["failedAttempts"] == 0
+    assert mt["status"]["lastFailure"]["permanent"] is True
+    assert objects.jobs("modelyard.dev/attempt=2") == []
+
+
+def test_an_eviction_does_not_use_up_a_retry(objects: Objects) -> None:
+    objects.create(PLURAL, training(workers=2, runPolicy={"backoffLimit": 0}))
+    rank0, rank1 = sorted(
+        attempt_pods(objects, "digits", 1, 2),
+        key=lambda p: p.metadata.annotations["batch.kubernetes.io/job-completion-index"],
+    )
+    run_all(objects, [rank0, rank1])
+    # The eviction API marks the pod; the Job's podFailurePolicy ignores it, and its peer then
+    # loses the gang, which ends the attempt.
+    disruption = {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}
+    objects.set_pod(rank1, "Failed", exit_code=143, conditions=[disruption])
+    lost = TrainingFailure(exit_code=1, reason="PeerLost", message="rank 1 is gone", rank=0)
+    objects.set_pod(rank0, "Failed", exit_code=1, message=lost.to_termination_message())
+    attempt_pods(objects, "digits", 2, 2)
+    mt = objects.get(PLURAL, "digits")
+    assert mt["status"]["failedAttempts"] == 0
+    assert mt["status"]["phase"] != "Failed"
+
+
+def test_progress_and_result_reach_status(objects: Objects) -> None:
+    mt = objects.create(PLURAL, training(workers=2))
+    pods = attempt_pods(objects, "digits", 1, 2)
+    run_all(objects, pods)
+    record = ProgressRecord(
+        generation=1,
+        attempt=1,
+        stage="Training",
+        epoch=6,
+        epochs=30,
+        percent=20.0,
+        loss=0.5,
+        eta_seconds=125.0,
+        samples_per_second=900.0,
+    )
+    objects.core.patch_namespaced_config_map(
+        "digits-progress", objects.namespace, {"data": {"progress.json": record.to_json()}}
+    )
+    status = objects.wait_for(PLURAL, "digits", lambda o: o["status"]["progress"].get("epoch") == 6)
+    assert status["status"]["progress"]["eta"] == "2m05s"
+    uri = f"pvc://modelyard-models/{objects.namespace}/digits/{mt['metadata']['uid']}/g1"
+    succeed(objects, pods, uri)
+    done = objects.wait_for(PLURAL, "digits", phase_is("Succeeded"))
+    assert done["status"]["result"]["modelUri"] == uri + "/model.onnx"
+    assert done["status"]["result"]["metrics"]["test_accuracy"] == 0.97
+    assert condition(done, "Succeeded")["status"] == "True"
+
+
+def test_a_spec_edit_after_success_is_a_second_run_in_a_second_directory(objects: Objects) -> None:
+    mt = objects.create(PLURAL, training(workers=1))
+    uid = mt["metadata"]["uid"]
+    base = f"pvc://modelyard-models/{objects.namespace}/digits/{uid}"
+    succeed(objects, attempt_pods(objects, "digits", 1, 1), f"{base}/g1")
+    objects.wait_for(PLURAL, "digits", phase_is("Succeeded"))
+    objects.patch_spec(PLURAL, "digits", {"training": {"epochs": 31}})
+    (pod,) = attempt_pods(objects, "digits", 2, 1)
+    assert {e.name: e.value for e in pod.spec.containers[0].env}["MODELYARD_RUN_GENERATION"] == "2"
+    succeed(objects, [pod], f"{base}/g2", accuracy=0.98)
+    done = objects.wait_for(
+        PLURAL, "digits", lambda o: (o["status"].get("result") or {}).get("generation") == 2
+    )
+    assert done["status"]["result"]["artifactUri"].endswith("/g2")
+    assert done["status"]["observedGeneration"] == 2
+
+
+def test_suspend_and_resume(objects: Objects) -> None:
+    objects.create(PLURAL, training(workers=2))
+    run_all(objects, attempt_pods(objects, "digits", 1, 2))
+    objects.patch_spec(PLURAL, "digits", {"runPolicy": {"suspend": True}})
+    objects.wait_for(PLURAL, "digits", phase_is("Suspended"))
+    wait_until(
+        lambda: objects.jobs("modelyard.dev/training=digits") == [], timeout=30, what="no Job"
+    )
+    objects.patch_spec(PLURAL, "digits", {"runPolicy": {"suspend": False}})
+    attempt_pods(objects, "digits", 2, 2)
+    mt = objects.get(PLURAL, "digits")
+    assert mt["status"]["failedAttempts"] == 0
+    assert condition(mt, "Suspended")["status"] == "False"
+
+
+def test_ttl_deletes_the_children_but_not_the_training(objects: Objects) -> None:
+    objects.create(PLURAL, training(workers=1, runPolicy={"ttlSecondsAfterFinished": 2}))
+    succeed(objects, attempt_pods(objects, "digits", 1, 1), "pvc://modelyard-models/x")
+    objects.wait_for(PLURAL, "digits", phase_is("Succeeded"))
+    wait_until(
+        lambda: (
+            not objects.jobs("modelyard.dev/training=digits")
+            and not objects.core.list_namespaced_config_map(
+                objects.namespace, label_selector="modelyard.dev/training=digits"
+            ).items
+        ),
+        timeout=30,
+        what="children deleted",
+    )
+    assert objects.get(PLURAL, "digits")["status"]["phase"] == "Succeeded"
+
+
+def test_deleting_the_training_collects_every_child(objects: Objects) -> None:
+    objects.create(PLURAL, training(workers=2))
+    attempt_pods(objects, "digits", 1, 2)
+    objects.delete(PLURAL, "digits")
+
+    def nothing_left() -> bool:
+        selector = "modelyard.dev/training=digits"
+        ns = objects.namespace
+        return not (
+            objects.jobs(selector)
+            or objects.pods(selector)
+            or objects.core.list_namespaced_config_map(ns, label_selector=selector).items
+            or objects.core.list_namespaced_service(ns, label_selector=selector).items
+        )
+
+    wait_until(nothing_left, timeout=60, what="garbage collection")
+
+
+def test_an_unchanged_training_causes_no_write(objects: Objects, audit: AuditLog) -> None:
+    objects.create(PLURAL, training(workers=1))
+    run_all(objects, attempt_pods(objects, "digits", 1, 1))
+    objects.wait_for(PLURAL, "digits", phase_is("Running"))
+    time.sleep(3)  # let the last reconcile of the setup finish
+    audit.barrier()
+    since = audit.now()
+    time.sleep(12)  # several progress passes (1 s) and two resyncs (5 s)
+    audit.barrier()
+    writes = audit.writes(OPERATOR_USER, namespace=objects.namespace, since=since)
+    assert writes == [], [f"{w.verb} {w.resource}/{w.name}" for w in writes]
+
+
+def test_a_killed_operator_restarts_without_duplicates_or_lost_status(
+    objects: Objects, operator: OperatorProcess
+) -> None:
+    objects.create(PLURAL, training(workers=2))
+    pods = attempt_pods(objects, "digits", 1, 2)
+    run_all(objects, pods)
+    before = objects.wait_for(PLURAL, "digits", phase_is("Running"))
+    operator.kill()
+    objects.set_pod(pods[0], "Failed", exit_code=1, message="lost while the operator was down")
+    operator.start()
+    attempt_pods(objects, "digits", 2, 2)
+    after = objects.wait_for(PLURAL, "digits", lambda o: o["status"].get("attempt") == 2)
+    assert after["status"]["failedAttempts"] == 1
+    assert after["status"]["startTime"] == before["status"]["startTime"]
+    assert len(objects.jobs("modelyard.dev/training=digits")) == 1
+    assert (
+        len(
+            objects.core.list_namespaced_service(
+                objects.namespace, label_selector="modelyard.dev/training=digits"
+            ).items
+        )
+        == 1
+    )
