@@ -4,7 +4,8 @@ UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install lint typecheck test test-unit crds demo cluster-up cluster-down k8s-binaries clean
+.PHONY: install lint typecheck test test-unit crds demo cluster-up cluster-down k8s-binaries \
+	bench-server bench-trainer clean
 
 $(UV):
 	hack/install-uv.sh
@@ -39,6 +40,13 @@ test: lint typecheck k8s-binaries  ## the README's test command: lint, types, ev
 
 demo: install  ## the main job
 	$(PY) hack/demo_local.py
+
+bench-server: install  ## serving throughput against KServe, a naive server and raw ONNX Runtime
+	bench/server/make_venvs.sh
+	$(PY) bench/server_throughput.py
+
+bench-trainer: install  ## trainer samples/s against a textbook PyTorch loop
+	$(PY) bench/trainer_throughput.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -46,7 +46,20 @@ def env_name(field_name: str) -> str:
 class ServerConfig(BaseModel):
     """Tuning of the inference server: batching, queueing, ONNX Runtime and shutdown."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        # The validator below, as a CEL rule, so that the API server enforces it too.
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.shutdownDelaySeconds < self.shutdownGraceSeconds",
+                    "message": "shutdownDelaySeconds must be less than shutdownGraceSeconds",
+                }
+            ]
+        },
+    )
 
     max_batch_size: int = Field(
         default=32,
