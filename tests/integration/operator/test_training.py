@@ -292,3 +292,57 @@ def test_a_killed_operator_restarts_without_duplicates_or_lost_status(
         )
         == 1
     )
+
+
+def test_unschedulable_workers_surface_the_schedulers_message(objects: Objects) -> None:
+    spec = training(workers=1, runPolicy={"scheduleTimeoutSeconds": 1})
+    spec["spec"]["scheduling"] = {"nodeSelector": {"modelyard.dev/no-such-node": "true"}}
+    objects.create(PLURAL, spec)
+    mt = objects.wait_for(
+        PLURAL,
+        "digits",
+        lambda o: any(
+            c["type"] == "Unschedulable" and c["status"] == "True"
+            for c in (o.get("status") or {}).get("conditions", [])
+        ),
+        timeout=60,
+    )
+    assert "node" in condition(mt, "Unschedulable")["message"]
+    assert mt["status"]["phase"] == "Pending"
+
+
+def test_the_active_deadline_fails_a_run_and_stops_its_pods(objects: Objects) -> None:
+    objects.create(PLURAL, training(workers=1, runPolicy={"activeDeadlineSeconds": 3}))
+    run_all(objects, attempt_pods(objects, "digits", 1, 1))
+    mt = objects.wait_for(PLURAL, "digits", phase_is("Failed"), timeout=30)
+    assert condition(mt, "Failed")["reason"] == "DeadlineExceeded"
+    wait_until(
+        lambda: objects.jobs("modelyard.dev/training=digits") == [], timeout=30, what="no Job"
+    )
+
+
+def test_transitions_are_events_and_metrics(objects: Objects, operator: OperatorProcess) -> None:
+    objects.create(PLURAL, training(workers=1))
+    succeed(objects, attempt_pods(objects, "digits", 1, 1), "pvc://modelyard-models/x")
+    objects.wait_for(PLURAL, "digits", phase_is("Succeeded"))
+    reasons = wait_until(
+        lambda: (
+            r
+            if {"AttemptCreated", "RunSucceeded"}
+            <= (
+                r := {
+                    e.reason
+                    for e in objects.core.list_namespaced_event(objects.namespace).items
+                    if e.involved_object.kind == "ModelTraining"
+                }
+            )
+            else None
+        ),
+        timeout=20,
+        what="events",
+    )
+    assert "AttemptCreated" in reasons
+    metrics = operator.metrics()
+    assert 'modelyard_reconciles_total{kind="ModelTraining",result="ok"}' in metrics
+    assert 'modelyard_resources{kind="ModelTraining",phase="Succeeded"}' in metrics
+    assert "modelyard_reconcile_duration_seconds_bucket" in metrics
