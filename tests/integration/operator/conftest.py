@@ -13,7 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from kubernetes import client
 
+from tests.integration.operator.kinds import Objects
 from tests.integration.support import CLUSTER_DIR, Cluster, wait_until
 
 OPERATOR_USER = "modelyard-operator-test"
@@ -89,3 +91,12 @@ def operator(cluster: Cluster) -> Iterator[OperatorProcess]:
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture
+def objects(api: client.ApiClient, namespace: str, operator: OperatorProcess) -> Objects:
+    """The test's namespace, under Pod Security "restricted", with a bound models claim."""
+    objects = Objects(api, namespace)
+    objects.restrict_pod_security()
+    objects.models_claim()
+    return objects

@@ -22,14 +22,6 @@ from tests.integration.support import AuditLog, wait_until
 PLURAL = "modeltrainings"
 
 
-@pytest.fixture
-def objects(api: client.ApiClient, namespace: str, operator: OperatorProcess) -> Objects:
-    objects = Objects(api, namespace)
-    objects.restrict_pod_security()
-    objects.models_claim()
-    return objects
-
-
 def training(name: str = "digits", workers: int = 2, **spec: Any) -> dict[str, Any]:
     document = load_sample("digits.yaml")
     document["metadata"] = {"name": name}
