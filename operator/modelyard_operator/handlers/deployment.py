@@ -150,6 +150,8 @@ def reconcile_deployment(
         except ApiError as error:
             if error.status not in REFUSED:
                 raise  # conflicts, throttling, outages: the work queue retries with backoff
+            if _namespace_terminating(kube, namespace):
+                return None, None  # its deletion takes this object too; nothing to report
             _report_child_error(md, plan, f"the API server refused a child: {error}")
     write_status(
         kube,
@@ -299,6 +301,15 @@ def _delete_unwanted(kube: Kube, md: ModelDeployment, wanted_kinds: set[str]) ->
         owners = live["metadata"].get("ownerReferences") or []
         if any(o.get("uid") == meta.uid for o in owners):
             kube.delete(api_version, kind, meta.namespace, meta.name)
+
+
+def _namespace_terminating(kube: Kube, namespace: str) -> bool:
+    """A namespace being deleted refuses new objects (403) while it deletes ours."""
+    try:
+        found = kube.request("GET", f"/api/v1/namespaces/{namespace}")
+    except ApiError as error:
+        return error.status == 404
+    return bool(found["metadata"].get("deletionTimestamp"))
 
 
 def _invalid_spec_status(body: Manifest, message: str) -> dict[str, Any]:
