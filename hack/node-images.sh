@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Makes the local node's own images and loads images into its containerd (namespace k8s.io).
+# No image registry is reachable from this machine, so nothing is pulled:
+#   modelyard.local/pause:3.10    the sandbox image: hack/node/pause.c, built with gcc -static
+#   modelyard.local/busybox:1.35  Debian's busybox-static with a link per applet
+# Both are packed by hack/node/oci_archive.py (reproducible: the same inputs give the same
+# digest) into $NODE_DIR/images/*.tar.
+#
+# Usage: hack/node-images.sh build            # make the archives only (no containerd needed)
+#        hack/node-images.sh load             # make them and import them into the node
+#        hack/node-images.sh docker IMAGE...  # copy images from the Docker engine (docker save)
+#        hack/node-images.sh archive FILE...  # import OCI / docker-save archives
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/node/common.sh"
+
+IMAGES_DIR="$NODE_DIR/images"
+
+ctr_() {
+  "$CONTAINERD_BIN/ctr" --address "$CONTAINERD_ADDRESS" --namespace "$CONTAINERD_NAMESPACE" "$@"
+}
+
+build_pause() {
+  local root="$IMAGES_DIR/pause-root"
+  command -v gcc >/dev/null || die "gcc is needed to build the pause image (apt-get install gcc libc6-dev)"
+  rm -rf "$root"
+  mkdir -p "$root"
+  gcc -static -Os -s -Wall -Werror -o "$root/pause" "$HACK_DIR/node/pause.c" ||
+    die "gcc -static failed (the static C library comes with libc6-dev)"
+  python3 "$HACK_DIR/node/oci_archive.py" --root "$root" --name "$PAUSE_IMAGE" \
+    --entrypoint /pause -o "$IMAGES_DIR/pause.tar" >&2
+  rm -rf "$root"
+}
+
+build_busybox() {
+  local root="$IMAGES_DIR/busybox-root" bb a
+  bb="$(command -v busybox || true)"
+  [[ -n "$bb" ]] && file -L "$bb" 2>/dev/null | grep -q 'statically linked' ||
+    die "a static busybox is needed (apt-get install busybox-static)"
+  rm -rf "$root"
+  mkdir -p "$root/bin" "$root/etc" "$root/tmp" "$root/root"
+  chmod 1777 "$root/tmp"
+  cp "$bb" "$root/bin/busybox"
+  for a in $("$bb" --list); do
+    [[ "$a" == busybox ]] || ln -s busybox "$root/bin/$a"
+  done
+  printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$root/etc/passwd"
+  printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
+  python3 "$HACK_DIR/node/oci_archive.py" --root "$root" --name "$BUSYBOX_IMAGE" \
+    --cmd /bin/sh -o "$IMAGES_DIR/busybox.tar" >&2
+  rm -rf "$root"
+}
+
+build() {
+  mkdir -p "$IMAGES_DIR"
+  build_pause
+  build_busybox
+}
+
+import_archive() {
+  local file="$1"
+  [[ -S "$CONTAINERD_ADDRESS" ]] || die "the node's containerd is not running ($CONTAINERD_ADDRESS): hack/node.sh up"
+  # Unpacked for the CRI's snapshotter (overlayfs) right away, so the kubelet
+  # finds the image ready and never tries a pull.
+  ctr_ images import --snapshotter overlayfs --label io.cri-containerd.image=managed \
+    --platform "linux/$(uname -m | sed 's/x86_64/amd64/;s/aarch64/arm64/')" "$file" >&2
+}
+
+node_bins
+case "${1:-}" in
+  build) build ;;
+  load)
+    build
+    import_archive "$IMAGES_DIR/pause.tar"
+    import_archive "$IMAGES_DIR/busybox.tar"
+    # The sandbox image must survive the kubelet's image garbage collection.
+    ctr_ images label "$PAUSE_IMAGE" io.cri-containerd.pinned=pinned >/dev/null
+    ;;
+  docker)
+    shift
+    (($#)) || die "usage: $0 docker IMAGE..."
+    mkdir -p "$IMAGES_DIR"
+    for image in "$@"; do
+      tmp="$IMAGES_DIR/docker-save.tar"
+      log "docker save $image"
+      docker save -o "$tmp" "$image"
+      import_archive "$tmp"
+      rm -f "$tmp"
+    done
+    ;;
+  archive)
+    shift
+    (($#)) || die "usage: $0 archive FILE..."
+    for f in "$@"; do import_archive "$f"; done
+    ;;
+  *)
+    sed -n '2,13p' "$0" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,90 @@
+"""Fixtures for tests with real pods: the real node of hack/node.sh on the local control plane.
+
+- every test under tests/e2e is marked `node` (`pytest -m "not node"` skips them);
+- `real_node` (session): the node that `hack/node.sh up` added (read from
+  .cluster/node/node.env); the tests are skipped, with the reason, when it is not up;
+- `api` (session): a kubernetes ApiClient for the admin kubeconfig;
+- `namespace`: a fresh namespace per test, deleted after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from tests.e2e.node_support import NODE_ENV, RealNode, read_node_env
+from tests.integration.support import KUBECONFIG, namespace_name, wait_until
+
+E2E_DIR = Path(__file__).resolve().parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before the mark plugin applies -m
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if E2E_DIR in Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.node)
+
+
+@pytest.fixture(scope="session")
+def api() -> Iterator[client.ApiClient]:
+    if not KUBECONFIG.exists():
+        pytest.skip(
+            f"no local cluster ({KUBECONFIG} is missing): run hack/cluster.sh up && "
+            "hack/node.sh up (Linux, root)"
+        )
+    api_client = config.new_client_from_config(config_file=str(KUBECONFIG))
+    try:
+        yield api_client
+    finally:
+        api_client.close()
+
+
+@pytest.fixture(scope="session")
+def real_node(api: client.ApiClient) -> RealNode:
+    node = read_node_env()
+    if node is None:
+        pytest.skip(f"the real node is not up ({NODE_ENV} is missing): run hack/node.sh up")
+    try:
+        obj = client.CoreV1Api(api).read_node(node.name)
+    except ApiException as exc:
+        pytest.skip(f"node {node.name} is not registered ({exc.status}): run hack/node.sh up")
+    except Exception as exc:  # the API server itself does not answer
+        pytest.skip(f"the local control plane does not answer ({exc}): run hack/cluster.sh up")
+    ready = [c for c in obj.status.conditions or [] if c.type == "Ready"]
+    if not ready or ready[0].status != "True":
+        pytest.skip(f"node {node.name} is not Ready: see .cluster/node/logs/kubelet.log")
+    return node
+
+
+@pytest.fixture
+def namespace(api: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
+    core = client.CoreV1Api(api)
+    name = namespace_name(request.node.name)
+    core.create_namespace(
+        client.V1Namespace(
+            metadata=client.V1ObjectMeta(name=name, labels={"modelyard.dev/test": "true"})
+        )
+    )
+
+    def has_default_sa() -> bool:
+        try:
+            core.read_namespaced_service_account("default", name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    wait_until(has_default_sa, timeout=30, what=f"ServiceAccount {name}/default")
+    try:
+        yield name
+    finally:
+        try:
+            core.delete_namespace(name, propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise

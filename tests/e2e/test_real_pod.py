@@ -1,0 +1,127 @@
+"""Real pods on the real node of hack/node.sh: a kubelet, containerd and runc really run them.
+
+Every check reads what the kubelet reported through the API server (phase, exit code,
+termination message, pod IP, logs), never a simulated status: kwok is not involved
+(the node has no kwok annotation, and the pods select it and only it).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+
+from kubernetes import client
+
+from tests.e2e.node_support import RealNode, busybox_pod, wait_for_phase
+from tests.integration.support import wait_until
+
+
+def test_pod_runs_to_completion_and_its_log_is_read_through_the_api(
+    api: client.ApiClient, real_node: RealNode, namespace: str
+) -> None:
+    core = client.CoreV1Api(api)
+    token = secrets.token_hex(8)
+    # The output depends on the token (from the spec) and on the pod itself (its name
+    # through the downward API, its own cgroup and network namespace), so only a container
+    # that really ran can have written it.
+    script = (
+        f"echo token={token}; echo pod=$POD_NAME; "
+        "echo pid1=$(cat /proc/1/comm); "
+        "echo ip=$(ip -4 -o addr show eth0 | awk '{print $4}'); "
+        "echo done"
+    )
+    core.create_namespaced_pod(namespace, busybox_pod(real_node, "hello", script))
+
+    pod = wait_for_phase(core, namespace, "hello", {"Succeeded", "Failed"})
+    assert pod.status.phase == "Succeeded", pod.status
+    assert pod.spec.node_name == real_node.name
+    terminated = pod.status.container_statuses[0].state.terminated
+    assert terminated.exit_code == 0
+    assert terminated.reason == "Completed"
+    assert pod.status.container_statuses[0].image_id, "containerd reports the image digest"
+
+    pod_ip = ipaddress.ip_address(pod.status.pod_ip)
+    assert pod_ip in ipaddress.ip_network(real_node.pod_cidr), pod.status.pod_ip
+
+    log = core.read_namespaced_pod_log("hello", namespace)
+    lines = log.splitlines()
+    assert f"token={token}" in lines
+    assert "pod=hello" in lines
+    # The container's shell is PID 1 in the pod's own PID namespace.
+    assert "pid1=sh" in lines
+    assert f"ip={pod.status.pod_ip}/{ipaddress.ip_network(real_node.pod_cidr).prefixlen}" in lines
+    assert lines[-1] == "done"
+
+
+def test_exit_code_and_termination_message_reach_the_pod_status(
+    api: client.ApiClient, real_node: RealNode, namespace: str
+) -> None:
+    # The trainer reports its result in the termination message and says with its exit
+    # code whether a retry helps: both must travel from the container to the API.
+    core = client.CoreV1Api(api)
+    script = "printf '%s' '{\"reason\":\"BadConfig\"}' > /dev/termination-log; exit 3"
+    core.create_namespaced_pod(namespace, busybox_pod(real_node, "fails", script))
+
+    pod = wait_for_phase(core, namespace, "fails", {"Succeeded", "Failed"})
+    assert pod.status.phase == "Failed"
+    terminated = pod.status.container_statuses[0].state.terminated
+    assert terminated.exit_code == 3
+    assert terminated.message == '{"reason":"BadConfig"}'
+
+
+def test_pods_reach_each_other_through_a_service_by_its_dns_name(
+    api: client.ApiClient, real_node: RealNode, namespace: str
+) -> None:
+    # Pod network (bridge CNI), Service virtual IP (kube-proxy's iptables rules) and
+    # cluster DNS (CoreDNS) in one request from one real pod to another.
+    core = client.CoreV1Api(api)
+    body = secrets.token_hex(8)
+    server = busybox_pod(
+        real_node,
+        "web",
+        f"mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p 8080 -h /www",
+        labels={"app": "web"},
+        port=8080,
+    )
+    server.spec.containers[0].readiness_probe = client.V1Probe(
+        tcp_socket=client.V1TCPSocketAction(port=8080), period_seconds=1
+    )
+    core.create_namespaced_pod(namespace, server)
+    core.create_namespaced_service(
+        namespace,
+        client.V1Service(
+            metadata=client.V1ObjectMeta(name="web"),
+            spec=client.V1ServiceSpec(
+                selector={"app": "web"},
+                ports=[client.V1ServicePort(port=80, target_port=8080)],
+            ),
+        ),
+    )
+
+    def web_ready() -> bool:
+        pod = core.read_namespaced_pod("web", namespace)
+        return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+
+    wait_until(web_ready, timeout=90, interval=0.5, what="pod web Ready")
+
+    # Debian's static busybox cannot use glibc's resolver and its wget crashes (SIGSEGV),
+    # so the name is resolved with busybox's own nslookup, which asks the cluster DNS,
+    # and the request is written with nc. Retries cover the moment between the pod
+    # turning Ready and kube-proxy's next sync.
+    fqdn = f"web.{namespace}.svc.cluster.local"
+    script = (
+        "for i in $(seq 30); do "
+        f"ip=$(nslookup {fqdn} | awk '/^Name:/ {{n=1}} n && /^Address/ {{print $2}}'); "
+        'if [ -n "$ip" ] && out=$(printf "GET / HTTP/1.0\\r\\n\\r\\n" | nc -w 2 "$ip" 80) '
+        '&& [ -n "$out" ]; then '
+        'echo "resolved=$ip"; echo "got=$(echo "$out" | tail -n 1)"; exit 0; fi; '
+        f"sleep 1; done; nslookup {fqdn}; exit 1"
+    )
+    core.create_namespaced_pod(namespace, busybox_pod(real_node, "client", script))
+    pod = wait_for_phase(core, namespace, "client", {"Succeeded", "Failed"}, timeout=120)
+    log = core.read_namespaced_pod_log("client", namespace)
+    assert pod.status.phase == "Succeeded", log
+    lines = log.splitlines()
+    assert f"got={body}" in lines
+    service = core.read_namespaced_service("web", namespace)
+    assert f"resolved={service.spec.cluster_ip}" in lines
