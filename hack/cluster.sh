@@ -46,7 +46,7 @@ pid_of() { cat "$PID_DIR/$1.pid" 2>/dev/null || true; }
 is_ours() {
   local name="$1" pid="$2" cmdline
   [[ -n "$pid" && -r "/proc/$pid/cmdline" ]] || return 1
-  cmdline="$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
+  cmdline="$({ tr '\0' '\n' <"/proc/$pid/cmdline"; } 2>/dev/null)" || return 1
   [[ "$(head -n1 <<<"$cmdline")" == "$K8S_BIN_DIR/$name" ]] || return 1
   grep -qF -- "$CLUSTER_DIR/" <<<"$cmdline"
 }
@@ -414,6 +414,9 @@ cmd_up() {
     port_free "$p" || die "port 127.0.0.1:$p is in use (override with MODELYARD_*_PORT, see hack/README.md)"
   done
 
+  # A failed start leaves nothing running (the logs stay for the diagnosis).
+  trap 'if [[ $? -ne 0 ]]; then log "start failed: stopping what was started"; cmd_down quiet; fi' EXIT
+
   # Every `up` is a fresh cluster: new certs, empty etcd, empty logs and audit log.
   rm -rf "$CLUSTER_DIR/etcd" "$LOG_DIR" "$CONF_DIR" "$AUDIT_LOG" "$KUBECONFIG_FILE" "$CLUSTER_DIR/users"
   mkdir -p "$LOG_DIR" "$PID_DIR" "$CONF_DIR"
@@ -430,7 +433,7 @@ cmd_up() {
     --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
     --initial-cluster "modelyard=http://127.0.0.1:$ETCD_PEER_PORT" \
     --unsafe-no-fsync --log-level warn
-  wait_for etcd 30 "etcd /health" curl -fsS "http://127.0.0.1:$ETCD_PORT/health"
+  wait_for etcd 30 "etcd /health" curl -fsS --max-time 2 "http://127.0.0.1:$ETCD_PORT/health"
   log "etcd ready after $((SECONDS - start))s"
 
   start_component kube-apiserver \
@@ -496,11 +499,12 @@ cmd_up() {
   # The service-account controller (controller-manager) and the scheduler are up once
   # the default namespace has its ServiceAccount and the scheduler answers /readyz.
   wait_for kube-controller-manager 60 "ServiceAccount default/default" \
-    kubectl_ -n default get serviceaccount default
+    kubectl_ -n default get serviceaccount default --request-timeout=5s
   wait_for kube-scheduler 30 "kube-scheduler /readyz" \
-    curl -fsSk "https://127.0.0.1:$SCHEDULER_PORT/readyz"
+    curl -fsSk --max-time 2 "https://127.0.0.1:$SCHEDULER_PORT/readyz"
   for c in "${COMPONENTS[@]}"; do running "$c" || die_with_log "$c" "$c is not running"; done
 
+  trap - EXIT
   log "control plane up in $((SECONDS - start))s: export KUBECONFIG=$KUBECONFIG_FILE"
   kubectl_ get nodes -o wide >&2
 }
