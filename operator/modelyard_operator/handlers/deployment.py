@@ -91,6 +91,7 @@ class CrdPresence:
         self.ttl = ttl
         self._lock = threading.Lock()
         self._checked: tuple[float, bool] | None = None
+        self._warned = False
 
     def __call__(self, kube: Kube) -> bool:
         with self._lock:
@@ -102,7 +103,9 @@ class CrdPresence:
         except ApiError as error:
             if error.status != 403:
                 raise
-            log.warning("may not read CRD %s (%s): assuming it is absent", self.name, error)
+            if not self._warned:  # a namespaced operator holds no ClusterRole: say it once
+                log.warning("may not read CRD %s (%s): assuming it is absent", self.name, error)
+                self._warned = True
             present = False
         with self._lock:
             self._checked = (time.monotonic(), present)

@@ -35,14 +35,6 @@ MODEL_C = f"pvc://{MODELS_CLAIM}/pinned/c/model.onnx"
 SELECTOR = "modelyard.dev/deployment={}"
 
 
-@pytest.fixture
-def objects(api: client.ApiClient, namespace: str, operator: OperatorProcess) -> Objects:
-    objects = Objects(api, namespace)
-    objects.restrict_pod_security()
-    objects.models_claim()
-    return objects
-
-
 def model_deployment(name: str = "m", uri: str = MODEL_A, **spec: Any) -> dict[str, Any]:
     document = load_sample("pinned-model-deployment.yaml")
     document["metadata"] = {"name": name}
@@ -65,6 +57,10 @@ def has(type_: str, status: str = "True", reason: str | None = None) -> Any:
         return found.get("status") == status and (reason is None or found.get("reason") == reason)
 
     return test
+
+
+def model_of(obj: dict[str, Any]) -> dict[str, Any]:
+    return dict((obj.get("status") or {}).get("model") or {})
 
 
 def model_uri_of(objects: Objects, name: str) -> str | None:
@@ -214,9 +210,7 @@ def test_status_follows_the_pods_readiness(objects: Objects) -> None:
     assert md["status"]["model"]["state"] in ("Pending", "Loading")
 
     drive_pod(objects, pod, ready=False)
-    objects.wait_for(
-        PLURAL, "m", lambda o: o["status"]["model"]["state"] == "Loading", what="Loading"
-    )
+    objects.wait_for(PLURAL, "m", lambda o: model_of(o).get("state") == "Loading", what="Loading")
     drive_pod(objects, pod, ready=True)
     md = objects.wait_for(PLURAL, "m", has("Ready"), what="Ready")
     assert md["status"]["model"]["state"] == "Loaded"
@@ -250,7 +244,9 @@ def test_hpa_bounds_and_its_replica_count_survive_reconciles(
         timeout=90,
         what="the HPA to scale to minReplicas",
     )
-    objects.wait_for(PLURAL, "m", lambda o: o["status"].get("readyReplicas") == 2, what="2 ready")
+    objects.wait_for(
+        PLURAL, "m", lambda o: (o.get("status") or {}).get("readyReplicas") == 2, what="2 ready"
+    )
     deployment = objects.apps.read_namespaced_deployment("m", ns)
     for entry in deployment.metadata.managed_fields:
         if entry.manager == "modelyard-operator":
@@ -261,7 +257,9 @@ def test_hpa_bounds_and_its_replica_count_survive_reconciles(
     objects.custom.patch_namespaced_custom_object(
         "modelyard.dev", "v1alpha1", ns, PLURAL, "m", {"metadata": {"annotations": {"poke": "1"}}}
     )
-    objects.wait_for(PLURAL, "m", lambda o: o["status"].get("replicas") == 3, what="3 replicas")
+    objects.wait_for(
+        PLURAL, "m", lambda o: (o.get("status") or {}).get("replicas") == 3, what="3 replicas"
+    )
     writes = quiet_writes(audit, ns, 8)
     assert [w for w in writes if w.resource == "deployments"] == []
     assert objects.apps.read_namespaced_deployment("m", ns).spec.replicas == 3
@@ -344,9 +342,7 @@ def test_promotion_from_a_training_and_a_gate_that_blocks_it(objects: Objects) -
     assert any(e.reason == "GateFailed" and e.type == "Warning" for e in events_of(objects, "m"))
 
     third = _finish_training(objects, 4, 0.97)
-    objects.wait_for(
-        PLURAL, "m", lambda o: o["status"]["model"]["uri"] == third and has("Ready")(o)
-    )
+    objects.wait_for(PLURAL, "m", lambda o: model_of(o).get("uri") == third and has("Ready")(o))
     assert model_uri_of(objects, "m") == third
 
 
@@ -504,3 +500,82 @@ def _reconciles(operator: OperatorProcess) -> float:
     )
     found = pattern.search(operator.metrics())
     return float(found.group(1)) if found else 0.0
+
+
+def test_switching_to_autoscaling_keeps_the_current_replicas(objects: Objects) -> None:
+    objects.create(PLURAL, model_deployment(replicas=3))
+    ns = objects.namespace
+    objects.wait_for(
+        PLURAL, "m", lambda o: (o.get("status") or {}).get("readyReplicas") == 3, what="3 ready"
+    )
+    objects.patch_spec(
+        PLURAL, "m", {"replicas": None, "autoscaling": {"minReplicas": 1, "maxReplicas": 5}}
+    )
+    autoscaling = client.AutoscalingV2Api(objects.api)
+    wait_until(
+        lambda: _read(lambda: autoscaling.read_namespaced_horizontal_pod_autoscaler("m", ns)),
+        what="HPA m",
+    )
+    time.sleep(3)  # the operator's apply without replicas has landed by now
+    # Dropping the field from our apply would have reset the Deployment to one replica; it was
+    # handed over first, and the HPA (no metrics here) leaves 3 alone inside its bounds.
+    deployment = objects.apps.read_namespaced_deployment("m", ns)
+    assert deployment.spec.replicas == 3
+    owners = [
+        e.manager
+        for e in deployment.metadata.managed_fields
+        if "f:replicas" in (e.fields_v1 or {}).get("f:spec", {})
+    ]
+    assert "modelyard-operator" not in owners
+
+
+def test_a_service_monitor_exists_only_with_its_crd_and_monitoring_on(
+    objects: Objects, cluster: Cluster
+) -> None:
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+        "spec": {
+            "group": "monitoring.coreos.com",
+            "names": {"kind": "ServiceMonitor", "plural": "servicemonitors"},
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": True,
+                        }
+                    },
+                }
+            ],
+        },
+    }
+    extensions = client.ApiextensionsV1Api(objects.api)
+    ns = objects.namespace
+    objects.create(PLURAL, model_deployment())
+    objects.wait_for(PLURAL, "m", has("Ready"), what="Ready")
+
+    def monitor() -> Any:
+        return _read(
+            lambda: objects.custom.get_namespaced_custom_object(
+                "monitoring.coreos.com", "v1", ns, "servicemonitors", "m"
+            )
+        )
+
+    assert monitor() is None
+    extensions.create_custom_resource_definition(crd)
+    try:
+        cluster.kubectl(
+            "wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com"
+        )
+        found = wait_until(monitor, timeout=30, what="ServiceMonitor m")
+        assert found["spec"]["endpoints"][0]["port"] == "metrics"
+        objects.patch_spec(PLURAL, "m", {"monitoring": {"serviceMonitor": "off"}})
+        wait_until(lambda: monitor() is None, timeout=30, what="ServiceMonitor m deleted")
+    finally:
+        extensions.delete_custom_resource_definition("servicemonitors.monitoring.coreos.com")
