@@ -360,6 +360,9 @@ class TrainingSummary(_Model):
     train_rows: int = Field(default=0, ge=0, description="Training rows.")
     validation_rows: int = Field(default=0, ge=0, description="Validation rows.")
     duration_seconds: float = Field(default=0.0, ge=0.0, description="Wall time of training.")
+    cpu_seconds: float = Field(
+        default=0.0, ge=0.0, description="CPU time of rank 0's process during training."
+    )
     samples_per_second: float = Field(default=0.0, ge=0.0, description="Mean throughput.")
     final_validation: dict[str, float] = Field(
         default_factory=dict, description="Validation metrics after the last epoch."

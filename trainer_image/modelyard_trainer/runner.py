@@ -315,6 +315,7 @@ def _finish(
             train_rows=len(dataset.train),
             validation_rows=len(dataset.validation),
             duration_seconds=outcome.duration_seconds,
+            cpu_seconds=outcome.cpu_seconds,
             samples_per_second=outcome.samples_per_second,
             final_validation=outcome.final_validation,
         ),

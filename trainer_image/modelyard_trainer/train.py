@@ -2,10 +2,12 @@
 
 The batch size is global: every rank takes its share of each global batch (DistributedSampler
 deals the epoch's seeded permutation round-robin, so the k-th local batches of all ranks
-together are exactly the k-th global batch of a single process). Each rank's loss is a sum
-scaled by world_size / rows-in-the-global-batch, so DDP's gradient averaging yields the mean
-over the global batch: the same run for any world size, up to float summation order. The rows
-DistributedSampler repeats to even out the ranks get weight zero.
+together are exactly the k-th global batch of a single process). On a full batch every rank
+holds batch/world_size rows, so the mean of the local mean losses that DDP's gradient averaging
+takes is the global batch's mean: the textbook step, and the same run for any world size up to
+float summation order. Only the last, partial batch needs care: there each rank's loss is its
+sum scaled by world_size / rows-in-the-global-batch, and the rows that DistributedSampler
+repeats to even out the ranks weigh zero.
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ class TrainOutcome:
     stopped_early: bool
     resumed_from_epoch: int | None
     duration_seconds: float
+    cpu_seconds: float
     samples_per_second: float
     final_validation: dict[str, float]
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -143,6 +146,12 @@ class Trainer:
                 f"{context.world_size} (the batch is global and split evenly)"
             )
         self.local_batch = batch // context.world_size
+
+    def _mean_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        output = output.float()
+        if self.config.training.loss == "cross_entropy":
+            return nn.functional.cross_entropy(output, target)
+        return nn.functional.mse_loss(output.reshape(output.shape[0], -1)[:, 0], target)
 
     def _loss_per_row(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         output = output.float()
@@ -234,18 +243,17 @@ class Trainer:
         # permutation; positions past the real rows are DistributedSampler's repeats.
         padded_position = context.rank + torch.arange(local_rows) * context.world_size
         real_row = (padded_position < rows).to(device=device, dtype=torch.float32)
-        padded_steps = {
-            step
-            for step in range(steps_per_epoch)
-            if not bool(real_row[step * self.local_batch : (step + 1) * self.local_batch].all())
-        }
         global_batch = training.batch_size
+        # Only the last step can hold fewer than a full global batch.
+        partial_step = steps_per_epoch - 1 if rows % global_batch else -1
+        partial_rows = rows % global_batch
         world_size = context.world_size
 
         clock = time.monotonic
         total_steps = training.epochs * steps_per_epoch
         eta = EtaEstimator(total_steps, start_epoch * steps_per_epoch, clock)
         started = clock()
+        cpu_started = time.process_time()
         trained_rows = 0
         epoch = start_epoch
         stopped_early = False
@@ -279,36 +287,45 @@ class Trainer:
             torch.manual_seed(training.seed * 1_000_003 + epoch * 1009 + context.rank)
             sampler.set_epoch(epoch)
             order = torch.tensor(list(sampler), dtype=torch.long, device=device)
-            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            loss_sum = torch.zeros((), dtype=torch.float32, device=device)
             for step in range(steps_per_epoch):
                 begin = step * self.local_batch
                 indices = order[begin : begin + self.local_batch]
                 features = train.features[indices]
                 target = train.target[indices]
-                global_rows = min(global_batch, rows - step * global_batch)
                 optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                if amp:
+                    with torch.autocast(device.type, dtype=amp_dtype):
+                        output = model(features)
+                else:
                     output = model(features)
-                per_row = self._loss_per_row(output, target)
-                if step in padded_steps:
-                    per_row = per_row * real_row[begin : begin + self.local_batch]
-                row_sum = per_row.sum()
-                loss = row_sum * (world_size / global_rows)
-                scaler.scale(loss).backward()
-                if training.gradient_clip_norm is not None:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(network.parameters(), training.gradient_clip_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                loss_sum += row_sum.detach()
-                trained_rows += global_rows
+                if step == partial_step:
+                    weights = real_row[begin : begin + len(indices)]
+                    row_sum = (self._loss_per_row(output, target) * weights).sum()
+                    loss = row_sum * (world_size / partial_rows)
+                else:
+                    loss = self._mean_loss(output, target)
+                if scaler.is_enabled():
+                    scaler.scale(loss).backward()
+                    if training.gradient_clip_norm is not None:
+                        scaler.unscale_(optimizer)
+                        nn.utils.clip_grad_norm_(network.parameters(), training.gradient_clip_norm)
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    if training.gradient_clip_norm is not None:
+                        nn.utils.clip_grad_norm_(network.parameters(), training.gradient_clip_norm)
+                    optimizer.step()
+                loss_sum += loss.detach()
+                trained_rows += partial_rows if step == partial_step else global_batch
                 if self.reporter.due():
-                    # Rank 0's running mean over its own rows: cheap, and close enough mid-epoch.
-                    seen = min((step + 1) * self.local_batch, local_rows)
-                    self.reporter.report(progress(epoch, step + 1, float(loss_sum) / seen))
+                    # Rank 0's own running mean: cheap, and close enough mid-epoch.
+                    self.reporter.report(progress(epoch, step + 1, float(loss_sum) / (step + 1)))
 
+            # The mean over the epoch's global batches of their mean loss, on every rank alike.
             totals = all_reduce_sum(context, loss_sum.reshape(1).clone())
-            train_loss = float(totals[0]) / rows
+            train_loss = float(totals[0]) / (world_size * steps_per_epoch)
             if not math.isfinite(train_loss) or train_loss > training.divergence_threshold:
                 raise LossDiverged(
                     f"training loss {train_loss:.6g} at epoch {epoch + 1} is "
@@ -372,6 +389,7 @@ class Trainer:
                 break
 
         duration = clock() - started
+        cpu_seconds = time.process_time() - cpu_started
         if early.enabled and best_state is not None:
             network.load_state_dict(best_state)
         network.eval()
@@ -389,6 +407,7 @@ class Trainer:
             stopped_early=stopped_early,
             resumed_from_epoch=resumed_from,
             duration_seconds=duration,
+            cpu_seconds=cpu_seconds,
             samples_per_second=trained_rows / duration if duration > 0 else 0.0,
             final_validation=last_validation,
             history=history,
