@@ -3,7 +3,7 @@
 # etcd, kube-apiserver (RBAC, PodSecurity, audit log), kube-controller-manager,
 # kube-scheduler and kwok simulating a few nodes (one with nvidia.com/gpu).
 #
-# Usage: hack/cluster.sh up|down|status
+# Usage: hack/cluster.sh up|down|status|restart-apiserver
 #        hack/cluster.sh user NAME [GROUP...]   # kubeconfig for a client-cert user, path on stdout
 #
 # State lives in $MODELYARD_CLUSTER_DIR (default <repo>/.cluster): kubeconfig, pki/,
@@ -392,6 +392,34 @@ create_nodes() {
 
 # ------------------------------------------------------------------- commands
 
+start_apiserver() {
+  start_component kube-apiserver \
+    --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
+    --endpoint-reconciler-type none \
+    --cert-dir "$PKI_DIR" \
+    --tls-cert-file "$PKI_DIR/apiserver.crt" --tls-private-key-file "$PKI_DIR/apiserver.key" \
+    --client-ca-file "$PKI_DIR/ca.crt" \
+    --requestheader-client-ca-file "$PKI_DIR/front-proxy-ca.crt" \
+    --requestheader-allowed-names front-proxy-client \
+    --requestheader-username-headers X-Remote-User \
+    --requestheader-group-headers X-Remote-Group \
+    --requestheader-extra-headers-prefix X-Remote-Extra- \
+    --proxy-client-cert-file "$PKI_DIR/front-proxy-client.crt" \
+    --proxy-client-key-file "$PKI_DIR/front-proxy-client.key" \
+    --authorization-mode Node,RBAC \
+    --enable-admission-plugins NodeRestriction,PodSecurity \
+    --allow-privileged=true \
+    --service-cluster-ip-range "$SERVICE_CIDR" \
+    --service-account-issuer "$SA_ISSUER" --api-audiences "$SA_ISSUER" \
+    --service-account-key-file "$PKI_DIR/sa.pub" \
+    --service-account-signing-key-file "$PKI_DIR/sa.key" \
+    --audit-policy-file "$CONF_DIR/audit-policy.yaml" \
+    --audit-log-path "$AUDIT_LOG" --audit-log-format json --audit-log-mode blocking \
+    --audit-log-maxsize 500 --audit-log-maxbackup 1 \
+    --profiling=false
+}
+
 healthy() { kubectl_ get --raw /readyz --request-timeout=3s >/dev/null 2>&1; }
 
 all_running() {
@@ -436,31 +464,7 @@ cmd_up() {
   wait_for etcd 30 "etcd /health" curl -fsS --max-time 2 "http://127.0.0.1:$ETCD_PORT/health"
   log "etcd ready after $((SECONDS - start))s"
 
-  start_component kube-apiserver \
-    --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
-    --endpoint-reconciler-type none \
-    --cert-dir "$PKI_DIR" \
-    --tls-cert-file "$PKI_DIR/apiserver.crt" --tls-private-key-file "$PKI_DIR/apiserver.key" \
-    --client-ca-file "$PKI_DIR/ca.crt" \
-    --requestheader-client-ca-file "$PKI_DIR/front-proxy-ca.crt" \
-    --requestheader-allowed-names front-proxy-client \
-    --requestheader-username-headers X-Remote-User \
-    --requestheader-group-headers X-Remote-Group \
-    --requestheader-extra-headers-prefix X-Remote-Extra- \
-    --proxy-client-cert-file "$PKI_DIR/front-proxy-client.crt" \
-    --proxy-client-key-file "$PKI_DIR/front-proxy-client.key" \
-    --authorization-mode Node,RBAC \
-    --enable-admission-plugins NodeRestriction,PodSecurity \
-    --allow-privileged=true \
-    --service-cluster-ip-range "$SERVICE_CIDR" \
-    --service-account-issuer "$SA_ISSUER" --api-audiences "$SA_ISSUER" \
-    --service-account-key-file "$PKI_DIR/sa.pub" \
-    --service-account-signing-key-file "$PKI_DIR/sa.key" \
-    --audit-policy-file "$CONF_DIR/audit-policy.yaml" \
-    --audit-log-path "$AUDIT_LOG" --audit-log-format json --audit-log-mode blocking \
-    --audit-log-maxsize 500 --audit-log-maxbackup 1 \
-    --profiling=false
+  start_apiserver
   wait_for kube-apiserver 90 "kube-apiserver /readyz" healthy
   log "kube-apiserver ready after $((SECONDS - start))s"
 
@@ -555,16 +559,27 @@ cmd_user() {
   printf '%s\n' "$dir/$safe.kubeconfig"
 }
 
+# Stop and start kube-apiserver alone (etcd and everything else stay up), as an upgrade or a
+# crash of the API server would: clients see their watches and connections drop.
+cmd_restart_apiserver() {
+  running kube-apiserver || die "kube-apiserver is not running (hack/cluster.sh up first)"
+  stop_component kube-apiserver
+  start_apiserver
+  wait_for kube-apiserver 90 "kube-apiserver /readyz" healthy
+  log "kube-apiserver restarted"
+}
+
 case "${1:-}" in
   up) cmd_up ;;
   down) cmd_down ;;
   status) cmd_status ;;
+  restart-apiserver) cmd_restart_apiserver ;;
   user)
     shift
     cmd_user "$@"
     ;;
   *)
-    echo "usage: $0 up|down|status|user NAME [GROUP...]" >&2
+    echo "usage: $0 up|down|status|restart-apiserver|user NAME [GROUP...]" >&2
     exit 2
     ;;
 esac
