@@ -121,8 +121,12 @@ class Kube:
         )
 
         def token() -> str | None:
-            # Refreshes a projected service-account token when the loader set a hook.
-            value: str | None = configuration.get_api_key_with_prefix("authorization")
+            # Refreshes a projected service-account token when the loader set a hook. The
+            # kubernetes package (>= 30) keeps a kubeconfig or service-account token under
+            # "BearerToken"; older ones used "authorization".
+            value: str | None = configuration.get_api_key_with_prefix(
+                "BearerToken"
+            ) or configuration.get_api_key_with_prefix("authorization")
             return value
 
         return cls(http, token)
