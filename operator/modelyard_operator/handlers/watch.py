@@ -61,6 +61,10 @@ def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = own.watch_timeout_seconds
     settings.watching.client_timeout = own.watch_timeout_seconds + 30
     settings.execution.max_workers = 4
+    if own.namespaces:
+        # Watching chosen namespaces, the operator holds Roles only: kopf must not try to list
+        # namespaces and watch CRDs cluster-wide (refused, retried for about a minute first).
+        settings.scanning.disabled = True
     kube = Kube.from_environment()
     trainings = _queue_for("ModelTraining", reconcile_training, kube, own)
     index = TrainingIndex()
