@@ -193,7 +193,11 @@ def assert_restricted(pod: Manifest) -> None:
 def test_env_sets_every_operator_setting(tools: Path) -> None:
     """A setting added to settings.py must get a chart value (or this fails)."""
     env = env_of(operator_container(render(tools)))
-    assert set(env) == {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    every = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    # Namespaces only when some are chosen: unset means the whole cluster.
+    assert set(env) == every - {f"{ENV_PREFIX}NAMESPACES"}
+    scoped = env_of(operator_container(render(tools, "watchNamespaces={a}")))
+    assert set(scoped) == every
     settings = Settings.from_env(env)
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert settings.namespaces == ()
