@@ -1,5 +1,7 @@
 # Shared helpers for hack/*.sh (sourced, not executed).
 # shellcheck shell=bash
+# The variables below are for the scripts that source this file.
+# shellcheck disable=SC2034
 
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$HACK_DIR/.." && pwd)"
