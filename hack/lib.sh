@@ -6,7 +6,7 @@
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$HACK_DIR/.." && pwd)"
 
-# shellcheck source=hack/versions.env
+# shellcheck source=versions.env
 source "$HACK_DIR/versions.env"
 
 # Cache root: $MODELYARD_CACHE wins, then $XDG_CACHE_HOME/modelyard, then ~/.cache/modelyard.
