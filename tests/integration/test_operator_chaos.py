@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import pytest
 import urllib3
+from kubernetes.client import ApiClient
 from kubernetes.client.rest import ApiException
 
 from modelyard_operator.api.deployment import ModelDeployment
@@ -40,7 +41,7 @@ from modelyard_operator.kube import ApiError, Kube
 from modelyard_operator.settings import Settings
 from modelyard_operator.status.deployment import resolve_model
 from tests.conftest import load_sample
-from tests.integration.operator.conftest import OperatorProcess
+from tests.integration.operator.conftest import OPERATOR_USER, OperatorProcess
 from tests.integration.operator.kinds import MODELS_CLAIM, Objects
 from tests.integration.support import (
     HACK,
@@ -53,7 +54,7 @@ from tests.integration.support import (
 DEPLOYMENTS = 30
 TRAININGS = 10
 KILLS = 5
-CONVERGE_TIMEOUT = 180.0
+CONVERGE_TIMEOUT = 300.0
 PLURALS = ("modeldeployments", "modeltrainings")
 # What a request sees while kube-apiserver restarts.
 API_DOWN = (ApiException, ApiError, OSError, httpx.HTTPError, urllib3.exceptions.HTTPError)
@@ -211,6 +212,30 @@ def wait_converged(objects: Objects, kube: Kube, count: int) -> None:
         wait_until(probe, timeout=CONVERGE_TIMEOUT, interval=1.0, what="convergence")
     except TimeoutError:
         raise AssertionError(f"not converged after {CONVERGE_TIMEOUT:.0f}s: {last[0]}") from None
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: Cluster) -> Iterator[OperatorProcess]:
+    """The operator with its production resync (30 s) and progress (10 s) periods: the tests'
+    5 s resync would keep a loaded machine's work queue full of resyncs of converged objects."""
+    kubeconfig = cluster.user_kubeconfig(OPERATOR_USER, "system:masters")
+    logs = cluster.kubeconfig.parent / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {"MODELYARD_RESYNC_SECONDS": "30", "MODELYARD_PROGRESS_SECONDS": "10"}
+    process = OperatorProcess(kubeconfig, logs / "operator-chaos.log", env)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def objects(api: ApiClient, namespace: str, operator: OperatorProcess) -> Objects:
+    objects = Objects(api, namespace)
+    objects.restrict_pod_security()
+    objects.models_claim()
+    return objects
 
 
 @pytest.fixture

@@ -30,9 +30,10 @@ def _free_port() -> int:
 class OperatorProcess:
     """Start, kill -9 and restart the operator; its log goes to .cluster/logs/."""
 
-    def __init__(self, kubeconfig: Path, log_path: Path) -> None:
+    def __init__(self, kubeconfig: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
+        self.env = env or {}  # MODELYARD_* settings over the tests' defaults below
         self.metrics_port = _free_port()
         self.health_port = _free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -45,6 +46,7 @@ class OperatorProcess:
             "MODELYARD_HEALTH_PORT": str(self.health_port),
             "MODELYARD_PROGRESS_SECONDS": "1",
             "MODELYARD_RESYNC_SECONDS": "5",
+            **self.env,
         }
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
