@@ -57,7 +57,8 @@ start_component() {
   local name="$1"
   shift
   # setsid: a Ctrl-C in the shell that ran `up` must not take the cluster down.
-  setsid "$K8S_BIN_DIR/$name" "$@" >"$LOG_DIR/$name.log" 2>&1 </dev/null &
+  # 8>&-: the components must not inherit (and so hold) the lock of `up`.
+  setsid "$K8S_BIN_DIR/$name" "$@" >"$LOG_DIR/$name.log" 2>&1 </dev/null 8>&- &
   printf '%s\n' "$!" >"$PID_DIR/$name.pid"
 }
 
@@ -446,7 +447,8 @@ cmd_up() {
   trap 'if [[ $? -ne 0 ]]; then log "start failed: stopping what was started"; cmd_down quiet; fi' EXIT
 
   # Every `up` is a fresh cluster: new certs, empty etcd, empty logs and audit log.
-  rm -rf "$CLUSTER_DIR/etcd" "$LOG_DIR" "$CONF_DIR" "$AUDIT_LOG" "$KUBECONFIG_FILE" "$CLUSTER_DIR/users"
+  rm -rf "$CLUSTER_DIR/etcd" "$LOG_DIR" "$CONF_DIR" "$AUDIT_LOG" "$KUBECONFIG_FILE" "$CLUSTER_DIR/users" \
+    "$CLUSTER_DIR/started-by-tests"
   mkdir -p "$LOG_DIR" "$PID_DIR" "$CONF_DIR"
   generate_pki
   log "certificates and kubeconfigs after $((SECONDS - start))s"
@@ -569,9 +571,23 @@ cmd_restart_apiserver() {
   log "kube-apiserver restarted"
 }
 
+# One `up` or `down` at a time per cluster directory: two test sessions that both find
+# the cluster down must not start (and kill) each other's processes.
+lock_cluster_dir() {
+  mkdir -p "$CLUSTER_DIR"
+  exec 8>"$CLUSTER_DIR/.lock"
+  flock 8
+}
+
 case "${1:-}" in
-  up) cmd_up ;;
-  down) cmd_down ;;
+  up)
+    lock_cluster_dir
+    cmd_up
+    ;;
+  down)
+    lock_cluster_dir
+    cmd_down
+    ;;
   status) cmd_status ;;
   restart-apiserver) cmd_restart_apiserver ;;
   user)

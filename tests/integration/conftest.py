@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,37 +55,72 @@ def _cluster_sh(*args: str) -> None:
     )
 
 
+# Test sessions that use the cluster, one file per pytest pid: the last one out stops a
+# cluster that a test session started (never one that a person started with `make cluster-up`).
+SESSIONS_DIR = CLUSTER_DIR / "test-sessions"
+STARTED_BY_TESTS = CLUSTER_DIR / "started-by-tests"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _other_live_sessions() -> list[int]:
+    pids = (int(f.name) for f in SESSIONS_DIR.glob("*") if f.name.isdigit())
+    return [pid for pid in pids if pid != os.getpid() and _alive(pid)]
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     kubectl = bin_dir() / "kubectl"
+    SESSIONS_DIR.mkdir(parents=True, exist_ok=True)
+    me = SESSIONS_DIR / str(os.getpid())
+    me.touch()  # before `up`: a session that ends meanwhile must see that we need the cluster
     started_here = False
-    if not is_up(kubectl):
-        if not binaries_ready():
-            pytest.fail(
-                "the Kubernetes binaries are not built: run `make k8s-binaries` "
-                "(hack/k8s-binaries.sh) or `make cluster-up` first",
-                pytrace=False,
-            )
-        _cluster_sh("up")
-        started_here = True
     try:
+        if not is_up(kubectl):
+            if not binaries_ready():
+                pytest.fail(
+                    "the Kubernetes binaries are not built: run `make k8s-binaries` "
+                    "(hack/k8s-binaries.sh) or `make cluster-up` first",
+                    pytrace=False,
+                )
+            requested = time.time()
+            _cluster_sh("up")
+            # cluster.sh serialises `up`: a concurrent session may have started it first,
+            # and then ours found it running.
+            pid_file = CLUSTER_DIR / "pids" / "kube-apiserver.pid"
+            started_here = pid_file.stat().st_mtime >= requested
+            if started_here:
+                STARTED_BY_TESTS.touch()
         base = Cluster(
             kubeconfig=KUBECONFIG,
             bin_dir=kubectl.parent,
             audit_log=AUDIT_LOG,
             started_here=started_here,
         )
-        crds = install_crds(base)
         yield Cluster(
             kubeconfig=base.kubeconfig,
             bin_dir=base.bin_dir,
             audit_log=base.audit_log,
             started_here=started_here,
-            crds=crds,
+            crds=install_crds(base),
         )
     finally:
-        if started_here and not os.environ.get("MODELYARD_KEEP_CLUSTER"):
+        me.unlink(missing_ok=True)
+        if (
+            STARTED_BY_TESTS.exists()
+            and not _other_live_sessions()
+            and not os.environ.get("MODELYARD_KEEP_CLUSTER")
+        ):
             _cluster_sh("down")
+            STARTED_BY_TESTS.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")
