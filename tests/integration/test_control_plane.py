@@ -201,7 +201,7 @@ def test_pod_security_restricted_rejects_privileged_pod(
     assert rejected.value.status == 403
     message = json.loads(rejected.value.body)["message"]
     assert 'violates PodSecurity "restricted:latest"' in message
-    assert "privileged (container \"main\" must not set securityContext.privileged=true)" in message
+    assert 'privileged (container "main" must not set securityContext.privileged=true)' in message
 
     # The same namespace admits a pod that meets the profile, so the rejection above is
     # the policy at work and not a broken namespace.
