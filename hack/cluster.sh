@@ -571,7 +571,7 @@ cmd_restart_apiserver() {
   log "kube-apiserver restarted"
 }
 
-# One `up` or `down` at a time per cluster directory: two test sessions that both find
+# One `up`, `down` or `restart-apiserver` at a time per cluster directory: two test sessions that both find
 # the cluster down must not start (and kill) each other's processes.
 lock_cluster_dir() {
   mkdir -p "$CLUSTER_DIR"
@@ -589,7 +589,10 @@ case "${1:-}" in
     cmd_down
     ;;
   status) cmd_status ;;
-  restart-apiserver) cmd_restart_apiserver ;;
+  restart-apiserver)
+    lock_cluster_dir
+    cmd_restart_apiserver
+    ;;
   user)
     shift
     cmd_user "$@"
