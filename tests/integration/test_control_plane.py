@@ -285,6 +285,33 @@ def test_service_account_tokens_are_issued_and_authenticate(
     assert review.status.user.username == f"system:serviceaccount:{namespace}:default"
 
 
+def test_token_controller_fills_a_service_account_token_secret(
+    api: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(api)
+    core.create_namespaced_secret(
+        namespace,
+        {
+            "metadata": {
+                "name": "default-token",
+                "annotations": {"kubernetes.io/service-account.name": "default"},
+            },
+            "type": "kubernetes.io/service-account-token",
+        },
+    )
+    # The controller-manager's token controller signs it with the service-account key.
+    secret = wait_until(
+        lambda: (
+            (s := core.read_namespaced_secret("default-token", namespace)).data
+            and "token" in s.data
+            and s
+        ),
+        timeout=60,
+        what="token controller to fill the Secret",
+    )
+    assert {"token", "ca.crt", "namespace"} <= set(secret.data)
+
+
 def test_gpu_request_is_scheduled_on_the_gpu_node(api: client.ApiClient, namespace: str) -> None:
     core = client.CoreV1Api(api)
     gpu_pod = pod("gpu")
