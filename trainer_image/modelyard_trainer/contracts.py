@@ -197,7 +197,10 @@ class TrainingResult(_Model):
     size_bytes: int = Field(default=0, ge=0, description="Size of the served file.")
     metrics: dict[str, float] = Field(
         default_factory=dict,
-        description="Headline test metrics: test_accuracy, test_loss, f1_macro or rmse, mae, r2.",
+        description=(
+            "Headline test metrics of the served file: test_accuracy, test_loss, f1_macro "
+            "or rmse, mae, r2."
+        ),
     )
     generation: int = Field(default=1, ge=1, description="Spec generation of the run.")
     inputs: list[TensorBrief] = Field(

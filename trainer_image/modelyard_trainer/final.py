@@ -25,13 +25,18 @@ def config_digest(config: TrainerConfig) -> str:
 
 
 def result_from_metadata(metadata: ArtifactMetadata, artifact_uri: str) -> TrainingResult:
+    """The compact result; its metrics are those of the served file (int8 ones when it is)."""
     served = metadata.files[metadata.model_file]
+    metrics = metadata.metrics.headline()
+    for variant in (metadata.export.optimized, metadata.export.int8):
+        if variant is not None and variant.file == metadata.model_file:
+            metrics = variant.metrics
     return TrainingResult(
         artifact_uri=artifact_uri,
         model_file=metadata.model_file,
         sha256=served.sha256,
         size_bytes=served.size_bytes,
-        metrics=metadata.metrics.headline(),
+        metrics=metrics,
         generation=metadata.run.generation,
         inputs=[tensor.brief() for tensor in metadata.inputs],
     )

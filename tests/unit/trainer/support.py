@@ -115,7 +115,7 @@ def run_trainer(
     launcher: str = "plain",
     output: Path | None = None,
     env: dict[str, str] | None = None,
-    timeout: float = 240,
+    timeout: float = 600,
 ) -> Run:
     config_path = write_config(tmp / "configs", name, config)
     output = output or tmp / f"out-{name}"

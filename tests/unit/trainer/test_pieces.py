@@ -24,6 +24,7 @@ from modelyard_trainer.checkpoint import (
 from modelyard_trainer.config import DataConfig, ModelConfig, TrainerConfig
 from modelyard_trainer.contracts import (
     ProgressRecord,
+    RunIdentity,
     TrainingFailure,
     TrainingResult,
     parse_termination_message,
@@ -40,7 +41,7 @@ from modelyard_trainer.report import (
     ProgressReporter,
     format_progress,
 )
-from modelyard_trainer.train import _lr_factor
+from modelyard_trainer.train import Trainer, _lr_factor, encode_part
 from modelyard_trainer.transforms import FittedPreprocessing
 
 
@@ -255,6 +256,29 @@ def test_eta_on_a_steady_run_is_exact_at_half_way_despite_a_slow_first_epoch() -
     half = epochs * steps_per_epoch // 2 + 1
     estimate, at = estimates[half]
     assert estimate == pytest.approx(clock.now - at)
+
+
+def test_early_stopping_stops_and_restores_the_best_weights() -> None:
+    config = TrainerConfig.model_validate(
+        {
+            "model": {"hiddenLayers": [8]},
+            "training": {
+                "epochs": 30,
+                "batchSize": 32,
+                # Nothing improves by a whole unit of loss: the first epoch stays the best.
+                "earlyStopping": {"enabled": True, "patience": 2, "minDelta": 1.0},
+            },
+        }
+    )
+    dataset = load_dataset(config.data, config.task, "/nonexistent")
+    trainer = Trainer(config, setup({}), dataset, ProgressReporter([], 60), RunIdentity(), None)
+    outcome = trainer.fit(None)
+    assert (outcome.epochs_run, outcome.best_epoch, outcome.stopped_early) == (3, 1, True)
+    assert outcome.history[0]["validation"]["val_loss"] == pytest.approx(
+        trainer._validate(
+            outcome.network, encode_part(dataset.spec, dataset.validation, torch.device("cpu"))
+        )["val_loss"]
+    )
 
 
 def test_learning_rate_schedules() -> None:
