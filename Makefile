@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 
 .PHONY: install lint typecheck test test-unit crds demo cluster-up cluster-down k8s-binaries \
-	bench-server bench-trainer clean
+	bench-server bench-trainer bench-operator-scale clean
 
 $(UV):
 	hack/install-uv.sh
@@ -35,8 +35,17 @@ cluster-down:
 test-unit: install  ## tests that need no cluster
 	$(PY) -m pytest -m "not cluster and not node" $(PYTEST_ARGS)
 
+# The chaos tests restart an API server, so they get a control plane of their own.
+CHAOS_CLUSTER := MODELYARD_CLUSTER_DIR=$(CURDIR)/.cluster-chaos MODELYARD_ETCD_PORT=30379 \
+	MODELYARD_ETCD_PEER_PORT=30380 MODELYARD_APISERVER_PORT=30443 MODELYARD_KCM_PORT=30257 \
+	MODELYARD_SCHEDULER_PORT=30259 MODELYARD_KWOK_PORT=30247
+
 test: lint typecheck k8s-binaries  ## the README's test command: lint, types, every test
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not chaos" $(PYTEST_ARGS)
+	$(CHAOS_CLUSTER) $(PY) -m pytest -m chaos $(PYTEST_ARGS)
+
+bench-operator-scale: install  ## 1,000 ModelDeployments + 200 ModelTrainings (BENCH_ARGS to resize)
+	$(PY) bench/operator_scale.py $(BENCH_ARGS)
 
 demo: install  ## the main job
 	$(PY) hack/demo_local.py

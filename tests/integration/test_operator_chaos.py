@@ -51,6 +51,8 @@ from tests.integration.support import (
     wait_until,
 )
 
+pytestmark = pytest.mark.chaos
+
 DEPLOYMENTS = 30
 TRAININGS = 10
 KILLS = 5
