@@ -4,6 +4,7 @@
 #   <cache>/cni-plugins/<CNI_PLUGINS_VERSION>/bin/{bridge,host-local,loopback,portmap,firewall}
 #   <cache>/crictl/<CRICTL_VERSION>/bin/crictl
 #   <cache>/coredns/<COREDNS_VERSION>/bin/coredns
+#   <cache>/local-path-provisioner/<LOCAL_PATH_VERSION>/bin/local-path-provisioner
 # each built from its Go module (versions in hack/versions.env) with the Go module proxy.
 # runc is not built: Debian's runc (apt-get install runc) runs containers on this machine.
 # Idempotent: a directory whose stamp matches is not rebuilt; a second run takes < 1 s.
@@ -18,11 +19,16 @@ RECIPE_VERSION=1
 # line of versions.env, so a new line there would rebuild all of Kubernetes.
 # 1.12.1 is the CoreDNS that kubeadm 1.34 deploys.
 COREDNS_VERSION="${COREDNS_VERSION:-1.12.1}"
+# Rancher's local-path-provisioner (kind's default StorageClass); newest the proxy serves.
+LOCAL_PATH_VERSION="${LOCAL_PATH_VERSION:-0.0.30}"
+# The plugins of hack/node/coredns_main.go; the suffix rebuilds when that list changes.
+COREDNS_SUFFIX="+minimal.$(sha256sum "$HACK_DIR/node/coredns_main.go" | cut -c1-12)"
 CACHE_ROOT="$(modelyard_cache_root)"
 CONTAINERD_DIR="$CACHE_ROOT/containerd/$CONTAINERD_VERSION"
 CNI_DIR="$CACHE_ROOT/cni-plugins/$CNI_PLUGINS_VERSION"
 CRICTL_DIR="$CACHE_ROOT/crictl/$CRICTL_VERSION"
 COREDNS_DIR="$CACHE_ROOT/coredns/$COREDNS_VERSION"
+LOCAL_PATH_DIR="$CACHE_ROOT/local-path-provisioner/$LOCAL_PATH_VERSION"
 CNI_PLUGINS=(bridge host-local loopback portmap firewall)
 
 force=0
@@ -30,8 +36,8 @@ check=0
 for arg in "$@"; do
   case "$arg" in
     --print-dirs)
-      printf 'CONTAINERD_BIN=%s\nCNI_BIN=%s\nCRICTL_BIN=%s\nCOREDNS_BIN=%s\n' \
-        "$CONTAINERD_DIR/bin" "$CNI_DIR/bin" "$CRICTL_DIR/bin" "$COREDNS_DIR/bin"
+      printf 'CONTAINERD_BIN=%s\nCNI_BIN=%s\nCRICTL_BIN=%s\nCOREDNS_BIN=%s\nLOCAL_PATH_BIN=%s\n' \
+        "$CONTAINERD_DIR/bin" "$CNI_DIR/bin" "$CRICTL_DIR/bin" "$COREDNS_DIR/bin" "$LOCAL_PATH_DIR/bin"
       exit 0
       ;;
     --check) check=1 ;;
@@ -61,7 +67,8 @@ all_current() {
   current "$CONTAINERD_DIR" "$CONTAINERD_VERSION" containerd containerd-shim-runc-v2 ctr &&
     current "$CNI_DIR" "$CNI_PLUGINS_VERSION" "${CNI_PLUGINS[@]}" &&
     current "$CRICTL_DIR" "$CRICTL_VERSION" crictl &&
-    current "$COREDNS_DIR" "$COREDNS_VERSION" coredns
+    current "$COREDNS_DIR" "$COREDNS_VERSION$COREDNS_SUFFIX" coredns &&
+    current "$LOCAL_PATH_DIR" "$LOCAL_PATH_VERSION" local-path-provisioner
 }
 
 if [[ $check -eq 1 ]]; then
@@ -86,11 +93,13 @@ start=$SECONDS
 # into DIR/bin. Through a generated wrapper module (DIR/src/go.mod), not `go install m@v`:
 # containerd's go.mod has exclude lines, which `go install m@v` refuses; the wrapper
 # repeats them so that the build resolves exactly like containerd's own.
+# With MAIN=file.go NAME=binary set, it builds that main package (in the wrapper) instead.
 build() {
   local dir="$1" version="$2" ldflags="$3" tags="$4" module="$5" t=$SECONDS mod p
   shift 5
   rm -rf "$dir/bin.new" "$dir/src"
   mkdir -p "$dir/bin.new" "$dir/src"
+  if [[ -n "${MAIN:-}" ]]; then cp "$MAIN" "$dir/src/main.go"; fi
   mod="$(go mod download -json "$module@v$version" | sed -n 's/^\s*"GoMod": "\(.*\)",$/\1/p')"
   [[ -f "$mod" ]] || die "could not download $module@v$version"
   {
@@ -103,16 +112,18 @@ build() {
     echo
     sed -n '/^exclude (/,/^)/p; /^exclude [^(]/p' "$mod"
     echo
-    for p in "$@"; do echo "tool $p"; done
+    if [[ -z "${MAIN:-}" ]]; then for p in "$@"; do echo "tool $p"; done; fi
   } >"$dir/src/go.mod"
-  log "building $module v$version: $*"
+  log "building $module v$version: ${MAIN:-$*}"
+  local out=("$dir/bin.new/") pkgs=("$@")
+  if [[ -n "${MAIN:-}" ]]; then out=("$dir/bin.new/$NAME"); pkgs=(.); fi
   (cd "$dir/src" && GOFLAGS=-mod=mod go mod tidy &&
     GOFLAGS="-buildvcs=false -mod=mod" go build -trimpath -tags "$tags" \
-      -ldflags "-s -w $ldflags" -o "$dir/bin.new/" "$@")
-  rm -rf "$dir/bin"
+      -ldflags "-s -w $ldflags" -o "${out[@]}" "${pkgs[@]}")
+  rm -rf "${dir:?}/bin"
   mv "$dir/bin.new" "$dir/bin"
-  stamp_of "$version" >"$dir/stamp"
-  log "built in $((SECONDS - t))s: $(ls "$dir/bin" | tr '\n' ' ')"
+  stamp_of "$version${STAMP_SUFFIX:-}" >"$dir/stamp"
+  log "built in $((SECONDS - t))s: $(cd "$dir/bin" && echo *)"
 }
 
 if ! current "$CONTAINERD_DIR" "$CONTAINERD_VERSION" containerd containerd-shim-runc-v2 ctr; then
@@ -143,8 +154,15 @@ if ! current "$CRICTL_DIR" "$CRICTL_VERSION" crictl; then
     sigs.k8s.io/cri-tools sigs.k8s.io/cri-tools/cmd/crictl
 fi
 
-if ! current "$COREDNS_DIR" "$COREDNS_VERSION" coredns; then
-  build "$COREDNS_DIR" "$COREDNS_VERSION" "" "" github.com/coredns/coredns github.com/coredns/coredns
+if ! current "$COREDNS_DIR" "$COREDNS_VERSION$COREDNS_SUFFIX" coredns; then
+  MAIN="$HACK_DIR/node/coredns_main.go" NAME=coredns STAMP_SUFFIX="$COREDNS_SUFFIX" \
+    build "$COREDNS_DIR" "$COREDNS_VERSION" \
+    "-X github.com/coredns/coredns/coremain.GitCommit=v$COREDNS_VERSION" "" github.com/coredns/coredns
+fi
+
+if ! current "$LOCAL_PATH_DIR" "$LOCAL_PATH_VERSION" local-path-provisioner; then
+  build "$LOCAL_PATH_DIR" "$LOCAL_PATH_VERSION" "" "" \
+    github.com/rancher/local-path-provisioner github.com/rancher/local-path-provisioner
 fi
 
 log "node binaries ready after $((SECONDS - start))s"

@@ -34,8 +34,10 @@ build_pause() {
 build_busybox() {
   local root="$IMAGES_DIR/busybox-root" bb a
   bb="$(command -v busybox || true)"
-  [[ -n "$bb" ]] && file -L "$bb" 2>/dev/null | grep -q 'statically linked' ||
+  # ldd fails on a static executable ("not a dynamic executable").
+  if [[ -z "$bb" ]] || ldd "$bb" >/dev/null 2>&1; then
     die "a static busybox is needed (apt-get install busybox-static)"
+  fi
   rm -rf "$root"
   mkdir -p "$root/bin" "$root/etc" "$root/tmp" "$root/root"
   chmod 1777 "$root/tmp"

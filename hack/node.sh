@@ -22,7 +22,7 @@ CONTAINERD_STATE="$NODE_DIR/containerd/state"
 KUBELET_ROOT="$NODE_DIR/kubelet"
 ENV_FILE="$NODE_DIR/node.env"
 # Start order; `down` stops in reverse.
-COMPONENTS=(containerd kubelet kube-proxy coredns)
+COMPONENTS=(containerd apiserver-proxy kubelet kube-proxy coredns local-path-provisioner)
 
 kubectl_() { "$K8S_BIN_DIR/kubectl" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
 crictl_() { "$CRICTL_BIN/crictl" --runtime-endpoint "unix://$CONTAINERD_ADDRESS" --timeout 20s "$@"; }
@@ -32,6 +32,8 @@ binary_of() {
     containerd) echo "$CONTAINERD_BIN/containerd" ;;
     kubelet | kube-proxy) echo "$K8S_BIN_DIR/$1" ;;
     coredns) echo "$COREDNS_BIN/coredns" ;;
+    apiserver-proxy) command -v socat ;;
+    local-path-provisioner) echo "$LOCAL_PATH_BIN/local-path-provisioner" ;;
   esac
 }
 
@@ -63,7 +65,8 @@ stop_component() {
   local name="$1" pid i
   pid="$(pid_of "$name")"
   if is_ours "$name" "$pid"; then
-    kill -TERM "$pid" 2>/dev/null || true
+    # The whole process group: socat forks a child per connection.
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < 150; i++)); do
       is_ours "$name" "$pid" || break
       sleep 0.1
@@ -122,16 +125,18 @@ cgroup_dirs() {
 
 preflight() {
   require_linux_root
-  [[ -f "$KUBECONFIG_FILE" ]] && kubectl_ get --raw /readyz >/dev/null 2>&1 ||
+  if [[ ! -f "$KUBECONFIG_FILE" ]] || ! kubectl_ get --raw /readyz >/dev/null 2>&1; then
     die "the control plane is not up ($KUBECONFIG_FILE does not answer): run hack/cluster.sh up first"
+  fi
   [[ -n "$RUNC" ]] || die "runc is missing (apt-get install runc)"
+  command -v socat >/dev/null || die "socat is missing (apt-get install socat): it forwards pods' API requests"
   command -v iptables >/dev/null || die "iptables is missing (apt-get install iptables)"
   command -v ip >/dev/null || die "ip is missing (apt-get install iproute2)"
   grep -qw overlay /proc/filesystems || die "the kernel has no overlay filesystem (containerd's overlayfs snapshotter needs it)"
   if [[ "$(cgroup_version)" == 1 ]]; then
     local c
     for c in cpu cpuacct cpuset memory pids; do
-      grep -qE "^cgroup .*[ ,]$c[ ,]" /proc/mounts ||
+      grep -qE "^cgroup .*[ ,]${c}[ ,]" /proc/mounts ||
         die "cgroup v1 controller '$c' is not mounted (the kubelet needs it)"
     done
   fi
@@ -425,6 +430,50 @@ start_kubelet() {
     kubectl_ wait --for=condition=Ready "node/$NODE_NAME" --timeout=2s
 }
 
+# ------------------------------------------------------------------ API server for pods
+
+# The API server of hack/cluster.sh listens on 127.0.0.1 only and maintains no endpoints
+# for the `kubernetes` Service (--endpoint-reconciler-type none), so pods (the operator,
+# the trainer's progress reports) could not reach it. As k3s agents and kubespray do with
+# a node-local API load balancer, a TCP proxy on the node address forwards to it (TLS
+# passes through untouched: the certificate names 10.96.0.1), and an EndpointSlice points
+# the `kubernetes` Service at the proxy. Skipped when the API server has endpoints itself.
+apiserver_port() {
+  kubectl_ config view --minify -o jsonpath='{.clusters[0].cluster.server}' | sed 's/.*:\([0-9]*\)$/\1/'
+}
+
+start_apiserver_proxy() {
+  if kubectl_ -n default get endpointslice kubernetes >/dev/null 2>&1; then
+    log "the API server maintains endpoints of the kubernetes Service: no proxy needed"
+    return 0
+  fi
+  local port
+  port="$(apiserver_port)"
+  [[ "$port" =~ ^[0-9]+$ ]] || die "cannot read the API server's port from $KUBECONFIG_FILE"
+  start_component apiserver-proxy -lf "$LOG_DIR/apiserver-proxy.log" \
+    "TCP-LISTEN:$port,bind=$NODE_IP,fork,reuseaddr" "TCP:127.0.0.1:$port"
+  wait_for apiserver-proxy 20 "API server proxy on $NODE_IP:$port" \
+    curl -fsS --cacert "$CLUSTER_DIR/pki/ca.crt" --resolve "kubernetes:$port:$NODE_IP" \
+    "https://kubernetes:$port/readyz"
+  kubectl_ apply --server-side --field-manager modelyard-node -f - >/dev/null <<EOF
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: kubernetes-node-proxy
+  namespace: default
+  labels:
+    kubernetes.io/service-name: kubernetes
+    endpointslice.kubernetes.io/managed-by: modelyard-node
+    app.kubernetes.io/managed-by: modelyard-node
+addressType: IPv4
+endpoints:
+  - addresses: ["$NODE_IP"]
+    conditions: {ready: true}
+ports:
+  - {name: https, port: $port, protocol: TCP}
+EOF
+}
+
 # ------------------------------------------------------------------ kube-proxy
 
 start_kube_proxy() {
@@ -545,6 +594,134 @@ ports:
 EOF
 }
 
+# ------------------------------------------------------------------ storage
+
+# Rancher's local-path-provisioner (what kind ships) as a local process: a PVC of the
+# default StorageClass `local-path` gets a directory under $NODE_DIR/storage on this node,
+# made and removed by helper pods (busybox) that the provisioner starts on the node.
+STORAGE_DIR="$NODE_DIR/storage"
+LOCAL_PATH_NS=local-path-storage
+
+start_local_path() {
+  local kubeconfig
+  mkdir -p "$STORAGE_DIR"
+  kubeconfig="$("$HACK_DIR/cluster.sh" user system:local-path-provisioner)"
+  cp "$kubeconfig" "$CONF_DIR/local-path-provisioner.kubeconfig"
+  kubectl_ apply --server-side --field-manager modelyard-node --force-conflicts -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: $LOCAL_PATH_NS
+  labels: {app.kubernetes.io/managed-by: modelyard-node}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: local-path-helper
+  namespace: $LOCAL_PATH_NS
+automountServiceAccountToken: false
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: modelyard:local-path-provisioner
+  labels: {app.kubernetes.io/managed-by: modelyard-node}
+rules:
+  - apiGroups: [""]
+    resources: [nodes, persistentvolumeclaims, configmaps, pods, pods/log]
+    verbs: [get, list, watch]
+  - apiGroups: [""]
+    resources: [persistentvolumes]
+    verbs: [get, list, watch, create, patch, update, delete]
+  - apiGroups: [""]
+    resources: [events]
+    verbs: [create, patch]
+  - apiGroups: [storage.k8s.io]
+    resources: [storageclasses]
+    verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: modelyard:local-path-provisioner
+  labels: {app.kubernetes.io/managed-by: modelyard-node}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "modelyard:local-path-provisioner"}
+subjects:
+  - {apiGroup: rbac.authorization.k8s.io, kind: User, name: system:local-path-provisioner}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: modelyard:local-path-provisioner
+  namespace: $LOCAL_PATH_NS
+rules:
+  - apiGroups: [""]
+    resources: [pods]
+    verbs: [get, list, watch, create, patch, update, delete]
+  - apiGroups: [""]
+    resources: [endpoints]
+    verbs: [get, list, watch, create, patch, update]
+  - apiGroups: [coordination.k8s.io]
+    resources: [leases]
+    verbs: [get, list, watch, create, patch, update]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: modelyard:local-path-provisioner
+  namespace: $LOCAL_PATH_NS
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: "modelyard:local-path-provisioner"}
+subjects:
+  - {apiGroup: rbac.authorization.k8s.io, kind: User, name: system:local-path-provisioner}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: local-path-config
+  namespace: $LOCAL_PATH_NS
+data:
+  config.json: |-
+    {"nodePathMap": [{"node": "DEFAULT_PATH_FOR_NON_LISTED_NODES", "paths": ["$STORAGE_DIR"]}]}
+  setup: |-
+    #!/bin/sh
+    set -eu
+    mkdir -m 0777 -p "\$VOL_DIR"
+  teardown: |-
+    #!/bin/sh
+    set -eu
+    rm -rf "\$VOL_DIR"
+  helperPod.yaml: |-
+    apiVersion: v1
+    kind: Pod
+    metadata:
+      name: helper-pod
+    spec:
+      automountServiceAccountToken: false
+      containers:
+        - name: helper-pod
+          image: $BUSYBOX_IMAGE
+          imagePullPolicy: Never
+---
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: local-path
+  labels: {app.kubernetes.io/managed-by: modelyard-node}
+  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
+provisioner: rancher.io/local-path
+volumeBindingMode: WaitForFirstConsumer
+reclaimPolicy: Delete
+EOF
+  start_component local-path-provisioner --debug start \
+    --kubeconfig "$CONF_DIR/local-path-provisioner.kubeconfig" \
+    --namespace "$LOCAL_PATH_NS" --configmap-name local-path-config \
+    --service-account-name local-path-helper --helper-image "$BUSYBOX_IMAGE" \
+    --provisioner-name rancher.io/local-path
+  # It has no health endpoint: give it a moment and check that it stays up.
+  sleep 2
+  running local-path-provisioner || die_with_log local-path-provisioner "local-path-provisioner exited"
+}
+
 # ------------------------------------------------------------------ up / down
 
 write_env_file() {
@@ -570,7 +747,9 @@ all_running() {
 cmd_up() {
   local start=$SECONDS
   node_bins
-  if all_running && kubectl_ get --raw /readyz >/dev/null 2>&1; then
+  # A control plane that was restarted (new CA, empty etcd) does not know the node any
+  # more, so a node whose processes run counts as up only while its Node is Ready.
+  if all_running && kubectl_ wait --for=condition=Ready "node/$NODE_NAME" --timeout=5s >/dev/null 2>&1; then
     log "node $NODE_NAME already up"
     return 0
   fi
@@ -583,10 +762,12 @@ cmd_up() {
   add_hosts_entry
   write_cni_config
   timed "containerd" start_containerd
+  timed "API server proxy for pods" start_apiserver_proxy
   timed "local images" "$HACK_DIR/node-images.sh" load
   timed "kubelet (node Ready)" start_kubelet
   timed "kube-proxy" start_kube_proxy
   timed "CoreDNS" start_coredns
+  timed "local-path storage" start_local_path
   write_env_file
   log "node $NODE_NAME up in $((SECONDS - start))s (address $NODE_IP, pods $POD_CIDR)"
   kubectl_ get node "$NODE_NAME" -o wide >&2
@@ -632,8 +813,10 @@ cmd_down() {
     # Removes the KUBE-* chains and rules that kube-proxy wrote.
     "$K8S_BIN_DIR/kube-proxy" --cleanup >/dev/null 2>&1 || true
   fi
+  stop_component local-path-provisioner
   stop_component coredns
   stop_component kubelet
+  stop_component apiserver-proxy
   remove_pods
   stop_component containerd
   stop_shims
@@ -641,12 +824,15 @@ cmd_down() {
   remove_cgroup_root
   teardown_network
   remove_hosts_entry
-  rm -rf "$NODE_DIR/run" "$NODE_DIR/cni/ipam"
+  # Volumes of this node die with it: the next `up` registers a new node.
+  rm -rf "$NODE_DIR/run" "$NODE_DIR/cni/ipam" "$STORAGE_DIR"
   rm -f "$ENV_FILE"
   if [[ -f "$KUBECONFIG_FILE" ]] && kubectl_ get --raw /readyz >/dev/null 2>&1; then
     kubectl_ delete node "$NODE_NAME" --ignore-not-found --wait=false >/dev/null 2>&1 || true
     kubectl_ -n kube-system delete service kube-dns --ignore-not-found --wait=false >/dev/null 2>&1 || true
     kubectl_ -n kube-system delete endpointslice kube-dns-node --ignore-not-found --wait=false >/dev/null 2>&1 || true
+    kubectl_ -n default delete endpointslice kubernetes-node-proxy --ignore-not-found --wait=false >/dev/null 2>&1 || true
+    kubectl_ delete storageclass local-path --ignore-not-found --wait=false >/dev/null 2>&1 || true
   fi
   [[ -n "$quiet" ]] || log "node down"
 }

@@ -1,5 +1,6 @@
 # Settings shared by hack/node.sh and hack/node-images.sh (sourced, not executed).
 # shellcheck shell=bash
+# shellcheck disable=SC2034  # the scripts that source this file use these settings
 # shellcheck source=hack/lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib.sh"
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kubernetes import client
 
 from tests.integration.support import CLUSTER_DIR, wait_until
@@ -36,6 +37,21 @@ class RealNode:
                 )
             ]
         return placement
+
+    def image_with(self, fragment: str, api: client.ApiClient) -> str:
+        """The name of an image on the node that contains `fragment`; skips the test if none.
+
+        Images of the project come from `make images` (hack/node-images.sh docker ...).
+        """
+        node = client.CoreV1Api(api).read_node(self.name)
+        for image in node.status.images or []:
+            for name in image.names or []:
+                if fragment in name and "@sha256:" not in name:
+                    return str(name)
+        pytest.skip(
+            f"no image matching {fragment!r} on node {self.name}: "
+            "load it with hack/node-images.sh docker IMAGE"
+        )
 
 
 def read_node_env(path: Path = NODE_ENV) -> RealNode | None:

@@ -125,3 +125,84 @@ def test_pods_reach_each_other_through_a_service_by_its_dns_name(
     assert f"got={body}" in lines
     service = core.read_namespaced_service("web", namespace)
     assert f"resolved={service.spec.cluster_ip}" in lines
+
+
+def test_a_claim_of_the_default_storage_class_binds_and_keeps_data_across_pods(
+    api: client.ApiClient, real_node: RealNode, namespace: str
+) -> None:
+    # Models live on PVCs: local-path-provisioner must make a volume on the node, and
+    # what one pod writes there the next pod must read.
+    core = client.CoreV1Api(api)
+    core.create_namespaced_persistent_volume_claim(
+        namespace,
+        client.V1PersistentVolumeClaim(
+            metadata=client.V1ObjectMeta(name="data"),
+            spec=client.V1PersistentVolumeClaimSpec(
+                access_modes=["ReadWriteOnce"],
+                resources=client.V1VolumeResourceRequirements(requests={"storage": "16Mi"}),
+            ),
+        ),
+    )
+    token = secrets.token_hex(8)
+
+    def with_volume(pod: client.V1Pod) -> client.V1Pod:
+        pod.spec.volumes = [
+            client.V1Volume(
+                name="data",
+                persistent_volume_claim=client.V1PersistentVolumeClaimVolumeSource(
+                    claim_name="data"
+                ),
+            )
+        ]
+        pod.spec.containers[0].volume_mounts = [
+            client.V1VolumeMount(name="data", mount_path="/data")
+        ]
+        return pod
+
+    writer = busybox_pod(real_node, "writer", f"echo {token} > /data/model.txt && sync")
+    core.create_namespaced_pod(namespace, with_volume(writer))
+    pod = wait_for_phase(core, namespace, "writer", {"Succeeded", "Failed"}, timeout=120)
+    assert pod.status.phase == "Succeeded", core.read_namespaced_pod_log("writer", namespace)
+
+    claim = core.read_namespaced_persistent_volume_claim("data", namespace)
+    assert claim.status.phase == "Bound"
+    volume = core.read_persistent_volume(claim.spec.volume_name)
+    assert volume.spec.storage_class_name == "local-path"
+
+    reader = busybox_pod(real_node, "reader", "cat /data/model.txt")
+    core.create_namespaced_pod(namespace, with_volume(reader))
+    pod = wait_for_phase(core, namespace, "reader", {"Succeeded", "Failed"})
+    assert pod.status.phase == "Succeeded"
+    assert core.read_namespaced_pod_log("reader", namespace).strip() == token
+
+
+def test_a_pod_reaches_the_api_server_with_its_service_account(
+    api: client.ApiClient, real_node: RealNode, namespace: str
+) -> None:
+    # The operator and the trainer's progress reports talk to the API from pods, through
+    # the `kubernetes` Service and a token of their ServiceAccount.
+    image = real_node.image_with("/modelyard/operator:", api)
+    core = client.CoreV1Api(api)
+    script = (
+        "from kubernetes import client, config\n"
+        "config.load_incluster_config()\n"
+        "print('version', client.VersionApi().get_code().git_version)\n"
+        "try:\n"
+        "    client.CoreV1Api().list_namespaced_secret('kube-system')\n"
+        "except client.ApiException as exc:\n"
+        "    print('secrets', exc.status)\n"
+    )
+    pod = busybox_pod(real_node, "api", "")
+    pod.spec.containers[0].image = image
+    pod.spec.containers[0].command = ["python", "-c", script]
+    pod.spec.automount_service_account_token = True
+    core.create_namespaced_pod(namespace, pod)
+
+    pod = wait_for_phase(core, namespace, "api", {"Succeeded", "Failed"}, timeout=120)
+    log = core.read_namespaced_pod_log("api", namespace)
+    assert pod.status.phase == "Succeeded", log
+    version = client.VersionApi(api).get_code().git_version
+    lines = log.splitlines()
+    assert f"version {version}" in lines
+    # Authenticated as the namespace's default ServiceAccount, which may not read secrets.
+    assert "secrets 403" in lines
