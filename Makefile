@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 
 .PHONY: install lint typecheck test test-unit crds demo cluster-up cluster-down k8s-binaries \
-	bench-server bench-trainer bench-operator-scale clean
+	bench-server bench-trainer bench-operator-scale images deploy-manifests clean
 
 $(UV):
 	hack/install-uv.sh
@@ -32,7 +32,7 @@ cluster-up: k8s-binaries  ## local control plane (etcd, apiserver, controllers, 
 cluster-down:
 	hack/cluster.sh down
 
-test-unit: install  ## tests that need no cluster
+test-unit: install k8s-binaries  ## tests that need no cluster (helm and kubectl render the chart)
 	$(PY) -m pytest -m "not cluster and not node" $(PYTEST_ARGS)
 
 # The chaos tests restart an API server, so they get a control plane of their own.
@@ -56,6 +56,12 @@ bench-server: install  ## serving throughput against KServe, a naive server and 
 
 bench-trainer: install  ## trainer samples/s against a textbook PyTorch loop
 	$(PY) bench/trainer_throughput.py
+
+images:  ## modelyard/{operator,trainer,server}; BASE=local: a debootstrap base, no registry
+	hack/images.sh $(if $(BASE),--base $(BASE))
+
+deploy-manifests: k8s-binaries  ## re-render deploy/default/modelyard.yaml from charts/modelyard
+	hack/render-deploy.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
