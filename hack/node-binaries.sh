@@ -5,6 +5,7 @@
 #   <cache>/crictl/<CRICTL_VERSION>/bin/crictl
 #   <cache>/coredns/<COREDNS_VERSION>/bin/coredns
 #   <cache>/local-path-provisioner/<LOCAL_PATH_VERSION>/bin/local-path-provisioner
+#   <cache>/metrics-server/<METRICS_SERVER_VERSION>/bin/metrics-server
 # each built from its Go module (versions in hack/versions.env) with the Go module proxy.
 # runc is not built: Debian's runc (apt-get install runc) runs containers on this machine.
 # Idempotent: a directory whose stamp matches is not rebuilt; a second run takes < 1 s.
@@ -21,6 +22,11 @@ RECIPE_VERSION=1
 COREDNS_VERSION="${COREDNS_VERSION:-1.12.1}"
 # Rancher's local-path-provisioner (kind's default StorageClass); newest the proxy serves.
 LOCAL_PATH_VERSION="${LOCAL_PATH_VERSION:-0.0.30}"
+# metrics-server (resource metrics for the HPA). 0.8.0 is the newest built on Kubernetes
+# 0.33 libraries (0.9.0 needs Go 1.26 and 0.36); it is built against the 0.34.4 libraries of
+# our Kubernetes build instead (MVS upgrade, see build), so their compiled packages in the
+# Go build cache are reused.
+METRICS_SERVER_VERSION="${METRICS_SERVER_VERSION:-0.8.0}"
 # The plugins of hack/node/coredns_main.go; the suffix rebuilds when that list changes.
 COREDNS_SUFFIX="+minimal.$(sha256sum "$HACK_DIR/node/coredns_main.go" | cut -c1-12)"
 CACHE_ROOT="$(modelyard_cache_root)"
@@ -29,6 +35,7 @@ CNI_DIR="$CACHE_ROOT/cni-plugins/$CNI_PLUGINS_VERSION"
 CRICTL_DIR="$CACHE_ROOT/crictl/$CRICTL_VERSION"
 COREDNS_DIR="$CACHE_ROOT/coredns/$COREDNS_VERSION"
 LOCAL_PATH_DIR="$CACHE_ROOT/local-path-provisioner/$LOCAL_PATH_VERSION"
+METRICS_SERVER_DIR="$CACHE_ROOT/metrics-server/$METRICS_SERVER_VERSION"
 CNI_PLUGINS=(bridge host-local loopback portmap firewall)
 
 force=0
@@ -36,8 +43,9 @@ check=0
 for arg in "$@"; do
   case "$arg" in
     --print-dirs)
-      printf 'CONTAINERD_BIN=%s\nCNI_BIN=%s\nCRICTL_BIN=%s\nCOREDNS_BIN=%s\nLOCAL_PATH_BIN=%s\n' \
-        "$CONTAINERD_DIR/bin" "$CNI_DIR/bin" "$CRICTL_DIR/bin" "$COREDNS_DIR/bin" "$LOCAL_PATH_DIR/bin"
+      printf 'CONTAINERD_BIN=%s\nCNI_BIN=%s\nCRICTL_BIN=%s\nCOREDNS_BIN=%s\nLOCAL_PATH_BIN=%s\nMETRICS_SERVER_BIN=%s\n' \
+        "$CONTAINERD_DIR/bin" "$CNI_DIR/bin" "$CRICTL_DIR/bin" "$COREDNS_DIR/bin" "$LOCAL_PATH_DIR/bin" \
+        "$METRICS_SERVER_DIR/bin"
       exit 0
       ;;
     --check) check=1 ;;
@@ -68,7 +76,8 @@ all_current() {
     current "$CNI_DIR" "$CNI_PLUGINS_VERSION" "${CNI_PLUGINS[@]}" &&
     current "$CRICTL_DIR" "$CRICTL_VERSION" crictl &&
     current "$COREDNS_DIR" "$COREDNS_VERSION$COREDNS_SUFFIX" coredns &&
-    current "$LOCAL_PATH_DIR" "$LOCAL_PATH_VERSION" local-path-provisioner
+    current "$LOCAL_PATH_DIR" "$LOCAL_PATH_VERSION" local-path-provisioner &&
+    current "$METRICS_SERVER_DIR" "$METRICS_SERVER_VERSION+k8s$K8S_STAGING_VERSION" metrics-server
 }
 
 if [[ $check -eq 1 ]]; then
@@ -109,6 +118,7 @@ build() {
     echo "go $GO_MIN_VERSION"
     echo
     echo "require $module v$version"
+    for p in ${REQUIRE:-}; do echo "require ${p%@*} ${p#*@}"; done
     echo
     sed -n '/^exclude (/,/^)/p; /^exclude [^(]/p' "$mod"
     echo
@@ -163,6 +173,17 @@ fi
 if ! current "$LOCAL_PATH_DIR" "$LOCAL_PATH_VERSION" local-path-provisioner; then
   build "$LOCAL_PATH_DIR" "$LOCAL_PATH_VERSION" "" "" \
     github.com/rancher/local-path-provisioner github.com/rancher/local-path-provisioner
+fi
+
+if ! current "$METRICS_SERVER_DIR" "$METRICS_SERVER_VERSION+k8s$K8S_STAGING_VERSION" metrics-server; then
+  m=sigs.k8s.io/metrics-server
+  req=""
+  for k in api apimachinery apiserver client-go component-base kms metrics component-helpers; do
+    req+=" k8s.io/$k@v$K8S_STAGING_VERSION"
+  done
+  REQUIRE="$req" STAMP_SUFFIX="+k8s$K8S_STAGING_VERSION" build "$METRICS_SERVER_DIR" "$METRICS_SERVER_VERSION" \
+    "-X k8s.io/client-go/pkg/version.gitVersion=v$METRICS_SERVER_VERSION" \
+    "" "$m" "$m/cmd/metrics-server"
 fi
 
 log "node binaries ready after $((SECONDS - start))s"

@@ -22,7 +22,7 @@ CONTAINERD_STATE="$NODE_DIR/containerd/state"
 KUBELET_ROOT="$NODE_DIR/kubelet"
 ENV_FILE="$NODE_DIR/node.env"
 # Start order; `down` stops in reverse.
-COMPONENTS=(containerd apiserver-proxy kubelet kube-proxy coredns local-path-provisioner)
+COMPONENTS=(containerd apiserver-proxy kubelet kube-proxy coredns local-path-provisioner metrics-server)
 
 kubectl_() { "$K8S_BIN_DIR/kubectl" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
 crictl_() { "$CRICTL_BIN/crictl" --runtime-endpoint "unix://$CONTAINERD_ADDRESS" --timeout 20s "$@"; }
@@ -34,6 +34,7 @@ binary_of() {
     coredns) echo "$COREDNS_BIN/coredns" ;;
     apiserver-proxy) command -v socat ;;
     local-path-provisioner) echo "$LOCAL_PATH_BIN/local-path-provisioner" ;;
+    metrics-server) echo "$METRICS_SERVER_BIN/metrics-server" ;;
   esac
 }
 
@@ -165,9 +166,35 @@ setup_network() {
   fi
 }
 
+# remove_chains CMD TABLE CHAIN...: drop every rule that jumps to the chains, then the chains.
+remove_chains() {
+  local cmd="$1" table="$2" chain rule
+  shift 2
+  for chain in "$@"; do
+    "$cmd" -t "$table" -S "$chain" >/dev/null 2>&1 || continue
+    while read -r rule; do
+      [[ -n "$rule" ]] || continue
+      # eval: iptables -S quotes comments ("..."), which plain word splitting would break.
+      eval "\"\$cmd\" -t \"\$table\" ${rule/-A /-D }" 2>/dev/null || true
+    done < <("$cmd" -t "$table" -S 2>/dev/null | grep -E -- "^-A .* -j $chain( |\$)" || true)
+    "$cmd" -t "$table" -F "$chain" 2>/dev/null || true
+    "$cmd" -t "$table" -X "$chain" 2>/dev/null || true
+  done
+}
+
 teardown_network() {
   ip link del "$NODE_IFACE" 2>/dev/null || true
   ip link del "$POD_BRIDGE" 2>/dev/null || true
+  # The kubelet's own chains (a canary, a hint for iptables-wrapper, and KUBE-FIREWALL,
+  # which drops packets to 127.0.0.0/8 from other addresses): kube-proxy --cleanup
+  # leaves them.
+  local cmd table
+  for cmd in iptables ip6tables; do
+    command -v "$cmd" >/dev/null || continue
+    for table in filter nat mangle; do
+      remove_chains "$cmd" "$table" KUBE-FIREWALL KUBE-KUBELET-CANARY KUBE-IPTABLES-HINT
+    done
+  done
   # Rules that the CNI plugins left for pods that did not get a clean CNI DEL.
   local table chain rules
   for table in filter nat; do
@@ -175,11 +202,16 @@ teardown_network() {
       rules="$(iptables -t "$table" -S "$chain" 2>/dev/null | grep -F -- "${POD_CIDR%.*}." || true)"
       while read -r rule; do
         [[ -n "$rule" ]] || continue
-        # shellcheck disable=SC2086  # the rule is a list of words, as iptables -S printed it
-        iptables -t "$table" ${rule/-A /-D } 2>/dev/null || true
+        eval "iptables -t \"\$table\" ${rule/-A /-D }" 2>/dev/null || true
       done <<<"$rules"
     done
   done
+  # The CNI firewall plugin's skeleton (a FORWARD jump to CNI-FORWARD, which jumps to
+  # CNI-ADMIN), once no pod rule is left in it.
+  if [[ "$(iptables -S CNI-FORWARD 2>/dev/null | grep -c '^-A')" -le 1 ]] &&
+    [[ "$(iptables -S CNI-ADMIN 2>/dev/null | grep -c '^-A')" -eq 0 ]]; then
+    remove_chains iptables filter CNI-FORWARD CNI-ADMIN
+  fi
 }
 
 write_cni_config() {
@@ -722,6 +754,124 @@ EOF
   running local-path-provisioner || die_with_log local-path-provisioner "local-path-provisioner exited"
 }
 
+# ------------------------------------------------------------------ metrics
+
+# metrics-server as a local process on the node address, registered as the aggregated API
+# metrics.k8s.io (what `kubectl top` and the HPA read). The API server reaches it through
+# the Service kube-system/metrics-server (an EndpointSlice to the node address, which
+# kube-proxy's rules also serve to host processes) and authenticates with its front-proxy
+# certificate (hack/cluster.sh); metrics-server scrapes each kubelet's /metrics/resource.
+METRICS_SERVER_PORT="${MODELYARD_METRICS_SERVER_PORT:-20443}"
+
+start_metrics_server() {
+  if ! kubectl_ -n kube-system get configmap extension-apiserver-authentication \
+    -o jsonpath='{.data.requestheader-client-ca-file}' 2>/dev/null | grep -q CERTIFICATE; then
+    log "WARNING: the API server has no front proxy (--requestheader-*): no metrics-server, no HPA"
+    return 0
+  fi
+  local kubeconfig
+  kubeconfig="$("$HACK_DIR/cluster.sh" user system:metrics-server)"
+  cp "$kubeconfig" "$CONF_DIR/metrics-server.kubeconfig"
+  # The RBAC of metrics-server's own manifests, bound to its user.
+  kubectl_ apply --server-side --field-manager modelyard-node --force-conflicts -f - >/dev/null <<EOF
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: modelyard:metrics-server
+  labels: {app.kubernetes.io/managed-by: modelyard-node}
+rules:
+  - apiGroups: [""]
+    resources: [nodes/metrics]
+    verbs: [get]
+  - apiGroups: [""]
+    resources: [pods, nodes]
+    verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: modelyard:metrics-server
+  labels: {app.kubernetes.io/managed-by: modelyard-node}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "modelyard:metrics-server"}
+subjects:
+  - {apiGroup: rbac.authorization.k8s.io, kind: User, name: system:metrics-server}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: modelyard:metrics-server:auth-delegator
+  labels: {app.kubernetes.io/managed-by: modelyard-node}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:auth-delegator"}
+subjects:
+  - {apiGroup: rbac.authorization.k8s.io, kind: User, name: system:metrics-server}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: modelyard:metrics-server:auth-reader
+  namespace: kube-system
+  labels: {app.kubernetes.io/managed-by: modelyard-node}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: "extension-apiserver-authentication-reader"}
+subjects:
+  - {apiGroup: rbac.authorization.k8s.io, kind: User, name: system:metrics-server}
+EOF
+  mkdir -p "$NODE_DIR/metrics-server"
+  start_component metrics-server \
+    --kubeconfig "$CONF_DIR/metrics-server.kubeconfig" \
+    --authentication-kubeconfig "$CONF_DIR/metrics-server.kubeconfig" \
+    --authorization-kubeconfig "$CONF_DIR/metrics-server.kubeconfig" \
+    --bind-address "$NODE_IP" --secure-port "$METRICS_SERVER_PORT" \
+    --cert-dir "$NODE_DIR/metrics-server" \
+    --kubelet-preferred-address-types InternalIP --kubelet-use-node-status-port \
+    --kubelet-insecure-tls \
+    --metric-resolution 15s
+  wait_for metrics-server 60 "metrics-server /readyz" \
+    curl -fsSk "https://$NODE_IP:$METRICS_SERVER_PORT/livez"
+  kubectl_ apply --server-side --field-manager modelyard-node --force-conflicts -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Service
+metadata:
+  name: metrics-server
+  namespace: kube-system
+  labels: {k8s-app: metrics-server, app.kubernetes.io/managed-by: modelyard-node}
+spec:
+  ports:
+    - {name: https, port: 443, protocol: TCP, targetPort: $METRICS_SERVER_PORT}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: metrics-server-node
+  namespace: kube-system
+  labels:
+    kubernetes.io/service-name: metrics-server
+    endpointslice.kubernetes.io/managed-by: modelyard-node
+    app.kubernetes.io/managed-by: modelyard-node
+addressType: IPv4
+endpoints:
+  - addresses: ["$NODE_IP"]
+    conditions: {ready: true}
+ports:
+  - {name: https, port: $METRICS_SERVER_PORT, protocol: TCP}
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata:
+  name: v1beta1.metrics.k8s.io
+  labels: {app.kubernetes.io/managed-by: modelyard-node}
+spec:
+  service: {name: metrics-server, namespace: kube-system, port: 443}
+  group: metrics.k8s.io
+  version: v1beta1
+  # Its serving certificate is self-signed (cert-dir), as in metrics-server's manifests.
+  insecureSkipTLSVerify: true
+  groupPriorityMinimum: 100
+  versionPriority: 100
+EOF
+  wait_for metrics-server 90 "APIService v1beta1.metrics.k8s.io Available" \
+    kubectl_ wait --for=condition=Available apiservice/v1beta1.metrics.k8s.io --timeout=2s
+}
+
 # ------------------------------------------------------------------ up / down
 
 write_env_file() {
@@ -768,6 +918,7 @@ cmd_up() {
   timed "kube-proxy" start_kube_proxy
   timed "CoreDNS" start_coredns
   timed "local-path storage" start_local_path
+  timed "metrics-server" start_metrics_server
   write_env_file
   log "node $NODE_NAME up in $((SECONDS - start))s (address $NODE_IP, pods $POD_CIDR)"
   kubectl_ get node "$NODE_NAME" -o wide >&2
@@ -813,6 +964,7 @@ cmd_down() {
     # Removes the KUBE-* chains and rules that kube-proxy wrote.
     "$K8S_BIN_DIR/kube-proxy" --cleanup >/dev/null 2>&1 || true
   fi
+  stop_component metrics-server
   stop_component local-path-provisioner
   stop_component coredns
   stop_component kubelet
@@ -833,6 +985,9 @@ cmd_down() {
     kubectl_ -n kube-system delete endpointslice kube-dns-node --ignore-not-found --wait=false >/dev/null 2>&1 || true
     kubectl_ -n default delete endpointslice kubernetes-node-proxy --ignore-not-found --wait=false >/dev/null 2>&1 || true
     kubectl_ delete storageclass local-path --ignore-not-found --wait=false >/dev/null 2>&1 || true
+    # An APIService whose server is gone makes discovery (kubectl, kopf) report errors.
+    kubectl_ delete apiservice v1beta1.metrics.k8s.io --ignore-not-found --wait=false >/dev/null 2>&1 || true
+    kubectl_ -n kube-system delete service metrics-server --ignore-not-found --wait=false >/dev/null 2>&1 || true
   fi
   [[ -n "$quiet" ]] || log "node down"
 }

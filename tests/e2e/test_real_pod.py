@@ -206,3 +206,74 @@ def test_a_pod_reaches_the_api_server_with_its_service_account(
     assert f"version {version}" in lines
     # Authenticated as the namespace's default ServiceAccount, which may not read secrets.
     assert "secrets 403" in lines
+
+
+def test_the_hpa_scales_out_on_cpu_metrics_from_the_kubelet(
+    api: client.ApiClient, real_node: RealNode, namespace: str
+) -> None:
+    # metrics-server scrapes the kubelet, the API server serves metrics.k8s.io, and the
+    # controller-manager's HPA acts on it: a pod that burns CPU far above its request
+    # must get a second replica. The CPU limit keeps the burn to a tenth of a core.
+    apps = client.AppsV1Api(api)
+    autoscaling = client.AutoscalingV2Api(api)
+    custom = client.CustomObjectsApi(api)
+    pod = busybox_pod(real_node, "burn", "while :; do :; done", labels={"app": "burn"})
+    pod.spec.containers[0].resources = client.V1ResourceRequirements(
+        requests={"cpu": "20m"}, limits={"cpu": "100m"}
+    )
+    pod.spec.restart_policy = "Always"
+    pod.spec.termination_grace_period_seconds = 0
+    apps.create_namespaced_deployment(
+        namespace,
+        client.V1Deployment(
+            metadata=client.V1ObjectMeta(name="burn"),
+            spec=client.V1DeploymentSpec(
+                replicas=1,
+                selector=client.V1LabelSelector(match_labels={"app": "burn"}),
+                template=client.V1PodTemplateSpec(metadata=pod.metadata, spec=pod.spec),
+            ),
+        ),
+    )
+    autoscaling.create_namespaced_horizontal_pod_autoscaler(
+        namespace,
+        client.V2HorizontalPodAutoscaler(
+            metadata=client.V1ObjectMeta(name="burn"),
+            spec=client.V2HorizontalPodAutoscalerSpec(
+                scale_target_ref=client.V2CrossVersionObjectReference(
+                    api_version="apps/v1", kind="Deployment", name="burn"
+                ),
+                min_replicas=1,
+                max_replicas=2,
+                metrics=[
+                    client.V2MetricSpec(
+                        type="Resource",
+                        resource=client.V2ResourceMetricSource(
+                            name="cpu",
+                            target=client.V2MetricTarget(
+                                type="Utilization", average_utilization=50
+                            ),
+                        ),
+                    )
+                ],
+            ),
+        ),
+    )
+
+    def pod_metrics() -> list[dict[str, object]] | None:
+        found = custom.list_namespaced_custom_object("metrics.k8s.io", "v1beta1", namespace, "pods")
+        return found.get("items") or None
+
+    metrics = wait_until(pod_metrics, timeout=120, interval=2, what="pod metrics of burn")
+    assert metrics[0]["containers"], metrics
+
+    def scaled_out() -> bool:
+        deployment = apps.read_namespaced_deployment("burn", namespace)
+        return (deployment.spec.replicas or 0) >= 2
+
+    try:
+        wait_until(scaled_out, timeout=180, interval=2, what="the HPA to scale burn to 2")
+    finally:
+        # Stop burning CPU on a shared machine at once, whatever happened.
+        apps.delete_namespaced_deployment("burn", namespace)
+    hpa = autoscaling.read_namespaced_horizontal_pod_autoscaler("burn", namespace)
+    assert hpa.status.current_metrics or [], hpa.status
