@@ -158,6 +158,19 @@ setup_network() {
   fi
   ip addr replace "$NODE_IP/32" dev "$NODE_IFACE"
   ip link set "$NODE_IFACE" up
+  # Service IPs are virtual: kube-proxy's DNAT rules give them a destination. Without
+  # this route, a connection to a Service IP that has no rules (yet) followed this
+  # machine's default route out of it: the API server's first probe of the metrics
+  # APIService went to the network's gateway, and the keep-alive connection that some
+  # middlebox answered (404) stuck. Routed to the port-less bridge, such packets die
+  # here; packets that kube-proxy rewrites are routed again to their real destination.
+  ip route replace "$SERVICE_CIDR" dev "$NODE_IFACE"
+  # Pods talk to pods, Services, the node and the API server, never to the outside:
+  # forwarded traffic from the pod subnet may leave through the pod bridge only.
+  iptables -N MODELYARD-NODE-EGRESS 2>/dev/null || iptables -F MODELYARD-NODE-EGRESS
+  iptables -A MODELYARD-NODE-EGRESS -s "$POD_CIDR" ! -o "$POD_BRIDGE" \
+    -m comment --comment "modelyard real node: pods stay on this machine" -j DROP
+  iptables -C FORWARD -j MODELYARD-NODE-EGRESS 2>/dev/null || iptables -I FORWARD 1 -j MODELYARD-NODE-EGRESS
   # Forwarding between pods and the node; Docker sets the FORWARD policy to DROP, so the
   # CNI firewall plugin (in the conflist) accepts traffic of each pod explicitly.
   sysctl -qw net.ipv4.ip_forward=1
@@ -189,6 +202,7 @@ teardown_network() {
   # which drops packets to 127.0.0.0/8 from other addresses): kube-proxy --cleanup
   # leaves them.
   local cmd table
+  remove_chains iptables filter MODELYARD-NODE-EGRESS
   for cmd in iptables ip6tables; do
     command -v "$cmd" >/dev/null || continue
     for table in filter nat mangle; do
@@ -853,7 +867,11 @@ endpoints:
     conditions: {ready: true}
 ports:
   - {name: https, port: $METRICS_SERVER_PORT, protocol: TCP}
----
+EOF
+  # The API server probes the APIService at once: the Service must have its rules first.
+  wait_for kube-proxy 30 "kube-proxy's rules for kube-system/metrics-server" \
+    bash -c "iptables -t nat -S KUBE-SERVICES | grep -qF 'kube-system/metrics-server:https cluster IP'"
+  kubectl_ apply --server-side --field-manager modelyard-node --force-conflicts -f - >/dev/null <<EOF
 apiVersion: apiregistration.k8s.io/v1
 kind: APIService
 metadata:
@@ -956,9 +974,26 @@ unmount_all() {
   done < <(awk -v d="$NODE_DIR/" 'index($2, d) == 1 { print $2 }' /proc/self/mounts | sort -r)
 }
 
+api_up() { [[ -f "$KUBECONFIG_FILE" ]] && kubectl_ get --raw /readyz >/dev/null 2>&1; }
+
+# del ARGS...: delete an object if it exists, without waiting.
+del() { kubectl_ delete "$@" --ignore-not-found --wait=false >/dev/null 2>&1 || true; }
+
 cmd_down() {
-  local quiet="${1:-}" i
+  local quiet="${1:-}"
   node_bins
+  # First the objects that make the control plane call into the node: the API server
+  # keeps probing an APIService (an APIService whose server is gone also breaks discovery
+  # for kubectl and kopf), and pods and Services stop pointing at it.
+  if api_up; then
+    del apiservice v1beta1.metrics.k8s.io
+    del -n kube-system service metrics-server
+    del -n kube-system endpointslice metrics-server-node
+    del -n kube-system service kube-dns
+    del -n kube-system endpointslice kube-dns-node
+    del -n default endpointslice kubernetes-node-proxy
+    del storageclass local-path
+  fi
   if running kube-proxy || [[ -f "$CONF_DIR/kube-proxy.yaml" ]]; then
     stop_component kube-proxy
     # Removes the KUBE-* chains and rules that kube-proxy wrote.
@@ -979,16 +1014,8 @@ cmd_down() {
   # Volumes of this node die with it: the next `up` registers a new node.
   rm -rf "$NODE_DIR/run" "$NODE_DIR/cni/ipam" "$STORAGE_DIR"
   rm -f "$ENV_FILE"
-  if [[ -f "$KUBECONFIG_FILE" ]] && kubectl_ get --raw /readyz >/dev/null 2>&1; then
-    kubectl_ delete node "$NODE_NAME" --ignore-not-found --wait=false >/dev/null 2>&1 || true
-    kubectl_ -n kube-system delete service kube-dns --ignore-not-found --wait=false >/dev/null 2>&1 || true
-    kubectl_ -n kube-system delete endpointslice kube-dns-node --ignore-not-found --wait=false >/dev/null 2>&1 || true
-    kubectl_ -n default delete endpointslice kubernetes-node-proxy --ignore-not-found --wait=false >/dev/null 2>&1 || true
-    kubectl_ delete storageclass local-path --ignore-not-found --wait=false >/dev/null 2>&1 || true
-    # An APIService whose server is gone makes discovery (kubectl, kopf) report errors.
-    kubectl_ delete apiservice v1beta1.metrics.k8s.io --ignore-not-found --wait=false >/dev/null 2>&1 || true
-    kubectl_ -n kube-system delete service metrics-server --ignore-not-found --wait=false >/dev/null 2>&1 || true
-  fi
+  # Last: a running kubelet would register its Node again.
+  if api_up; then del node "$NODE_NAME"; fi
   [[ -n "$quiet" ]] || log "node down"
 }
 
