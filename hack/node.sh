@@ -1025,9 +1025,9 @@ cmd_status() {
   for c in "${COMPONENTS[@]}"; do
     pid="$(pid_of "$c")"
     if is_ours "$c" "$pid"; then
-      printf '%-12s running (pid %s)\n' "$c" "$pid"
+      printf '%-24s running (pid %s)\n' "$c" "$pid"
     else
-      printf '%-12s stopped\n' "$c"
+      printf '%-24s stopped\n' "$c"
       rc=1
     fi
   done
