@@ -3,10 +3,20 @@ that status functions read."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from modelyard_operator.api.meta import Condition
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event that a reconcile posts about its custom resource."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
 
 
 def rfc3339(moment: datetime) -> str:

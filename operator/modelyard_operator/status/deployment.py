@@ -44,6 +44,7 @@ from modelyard_operator.builders.deployment import (
     TEMPLATE_HASH_ANNOTATION,
 )
 from modelyard_operator.status.conditions import (
+    Event,
     condition_is,
     object_condition,
     rfc3339,
@@ -55,13 +56,6 @@ RESOLVED = "Resolved"
 # Waiting reasons of a container that will not get better by waiting.
 IMAGE_ERRORS = ("ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName")
 CONFIG_ERRORS = ("CreateContainerConfigError", "CreateContainerError")
-
-
-@dataclass(frozen=True)
-class Event:
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)

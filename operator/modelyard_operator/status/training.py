@@ -20,6 +20,7 @@ from modelyard_operator.api.training import (
 )
 from modelyard_operator.builders.training import ATTEMPT_LABEL, CONTAINER, GENERATION_LABEL
 from modelyard_operator.status.conditions import (
+    Event,
     container_status,
     humanize_seconds,
     object_condition,
@@ -43,13 +44,6 @@ ACTIVE_POD_PHASES = ("Pending", "Running", "Unknown")
 SHORT_REQUEUE_SECONDS = 2.0
 
 Manifest = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Event:
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)
