@@ -5,7 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 
 .PHONY: install lint typecheck test test-unit crds demo cluster-up cluster-down k8s-binaries \
-	bench-server bench-trainer bench-operator-scale images deploy-manifests clean
+	bench-server bench-trainer bench-operator-scale images deploy-manifests node-binaries node-up \
+	node-down test-e2e clean
 
 $(UV):
 	hack/install-uv.sh
@@ -29,8 +30,21 @@ k8s-binaries:  ## build or fetch pinned Kubernetes binaries into the cache
 cluster-up: k8s-binaries  ## local control plane (etcd, apiserver, controllers, kwok nodes)
 	hack/cluster.sh up
 
-cluster-down:
+cluster-down:  ## stops the real node first when one is up
+	hack/node.sh down
 	hack/cluster.sh down
+
+node-binaries:  ## containerd, CNI plugins, crictl, CoreDNS, local-path, metrics-server
+	hack/node-binaries.sh
+
+node-up: cluster-up node-binaries  ## a real node (kubelet, containerd) on this machine: Linux + root
+	hack/node.sh up
+
+node-down:
+	hack/node.sh down
+
+test-e2e: install  ## tests with real pods (needs `make node-up`)
+	$(PY) -m pytest -m node tests/e2e $(PYTEST_ARGS)
 
 test-unit: install k8s-binaries  ## tests that need no cluster (helm and kubectl render the chart)
 	$(PY) -m pytest -m "not cluster and not node" $(PYTEST_ARGS)
