@@ -86,7 +86,7 @@ KINDS = (
             _column("Ready", '.status.conditions[?(@.type=="Ready")].status'),
             _column("Model", ".status.model.uri"),
             _column("Replicas", ".status.readyReplicas", "integer"),
-            _column("URL", ".status.url", priority=0),
+            _column("URL", ".status.url"),
             _AGE,
         ],
     ),
@@ -122,6 +122,8 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         out["type"] = "string"
     if not _useful_default(out.get("default")):
         out.pop("default", None)
+    elif isinstance(out["default"], float) and out["default"].is_integer():
+        out["default"] = int(out["default"])  # as the API server stores it: no apply diff
     if "properties" in node:
         out["type"] = "object"
         out["properties"] = {k: _structural(v, defs) for k, v in node["properties"].items()}
