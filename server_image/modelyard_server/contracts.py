@@ -15,6 +15,25 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
+# The fetch init container reads s3:// models with these (one definition, in the storage layer).
+from modelyard_storage.connection import (
+    ENV_ACCESS_KEY_ID,
+    ENV_S3_ADDRESSING_STYLE,
+    ENV_S3_ENDPOINT_URL,
+    ENV_S3_REGION,
+    ENV_SECRET_ACCESS_KEY,
+    ENV_SESSION_TOKEN,
+)
+
+__all__ = [
+    "ENV_ACCESS_KEY_ID",
+    "ENV_S3_ADDRESSING_STYLE",
+    "ENV_S3_ENDPOINT_URL",
+    "ENV_S3_REGION",
+    "ENV_SECRET_ACCESS_KEY",
+    "ENV_SESSION_TOKEN",
+]
+
 # --- exit codes ---------------------------------------------------------------------------
 
 EXIT_OK = 0
@@ -36,6 +55,9 @@ MESSAGE_MAX_CHARS = 3500
 
 LoadFailureReason = Literal[
     "ModelNotFound",
+    "BucketNotFound",
+    "AccessDenied",
+    "StorageUnreachable",
     "ChecksumMismatch",
     "InvalidModel",
     "WarmupFailed",
@@ -53,7 +75,10 @@ class LoadFailure(BaseModel):
     reason: LoadFailureReason = Field(
         default="InvalidModel",
         description=(
-            "CamelCase cause: ModelNotFound (no file at the path), ChecksumMismatch (sha256 "
+            "CamelCase cause: ModelNotFound (no file at the path or no such object), "
+            "BucketNotFound (the s3:// bucket does not exist), AccessDenied (the object store "
+            "refused the credentials), StorageUnreachable (the object store's endpoint did not "
+            "answer), ChecksumMismatch (sha256 "
             "differs from the expected one), InvalidModel (ONNX Runtime rejected the file), "
             "WarmupFailed (the warm-up inference failed), FetchFailed (copying it failed), "
             "ProviderUnavailable (executionProvider cuda without a usable GPU), "

@@ -1,25 +1,22 @@
-"""`python -m modelyard_server.fetch --source PATH --dest PATH [--sha256 HEX]`.
+"""`python -m modelyard_server.fetch --source URI --dest PATH [--sha256 HEX]`.
 
-The init container of a serving pod: copies the model from where it is stored (today a
-mounted volume path; object storage plugs in behind `open_source`) into the pod's own
-volume, verifying its sha256 on the way. The copy is atomic (temp file + rename), so the
-server never sees half a model. On failure it writes a LoadFailure to the termination log
-and exits with EXIT_LOAD_FAILURE.
+The init container of a serving pod: copies the model from where it is stored (a mounted
+volume path, file:// or s3://bucket/key) into the pod's own volume, verifying its sha256 on
+the way. The copy is atomic (temp file + rename), so the server never sees half a model. A
+copy already in place whose sha256 matches is kept (a restarted pod does not download again).
+On failure it writes a LoadFailure whose reason names the cause (ModelNotFound,
+BucketNotFound, AccessDenied, StorageUnreachable, ChecksumMismatch, FetchFailed) to the
+termination log and exits with EXIT_LOAD_FAILURE; the operator turns that into the model's
+FailedToLoad state and condition. s3:// reads its endpoint from MODELYARD_S3_* and its keys
+from AWS_* variables; no message ever holds a key.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
-import os
 import re
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
-from urllib.parse import urlparse
 
 from modelyard_server.contracts import (
     EXIT_CONFIG_ERROR,
@@ -28,8 +25,19 @@ from modelyard_server.contracts import (
     LoadFailureReason,
 )
 from modelyard_server.termination import DEFAULT_TERMINATION_LOG, report_load_failure
+from modelyard_storage.digest import sha256_of
+from modelyard_storage.errors import StorageError, StorageErrorReason
+from modelyard_storage.store import open_store
 
-_CHUNK = 1024 * 1024
+_REASONS: dict[StorageErrorReason, LoadFailureReason] = {
+    "NotFound": "ModelNotFound",
+    "BucketNotFound": "BucketNotFound",
+    "AccessDenied": "AccessDenied",
+    "Unreachable": "StorageUnreachable",
+    "ChecksumMismatch": "ChecksumMismatch",
+    "InvalidUri": "InvalidConfig",
+    "Failed": "FetchFailed",
+}
 
 
 class FetchError(Exception):
@@ -39,59 +47,28 @@ class FetchError(Exception):
         self.message = message
 
 
-@contextlib.contextmanager
-def open_source(source: str) -> Iterator[BinaryIO]:
-    """A readable stream of the model at `source`: a path or a file:// URI."""
-    parsed = urlparse(source)
-    if parsed.scheme not in ("", "file"):
-        raise FetchError(
-            "FetchFailed", f"cannot fetch {source}: scheme {parsed.scheme!r} is not supported"
-        )
-    path = Path(parsed.path if parsed.scheme == "file" else source)
-    if not path.is_file():
-        raise FetchError("ModelNotFound", f"no model file at {path}")
+def cached(dest: Path, sha256: str | None) -> bool:
+    """A previous fetch left exactly the expected model in place."""
+    if sha256 is None or not dest.is_file():
+        return False
     try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise FetchError("FetchFailed", f"cannot read {path}: {exc}") from None
-    with handle:
-        yield handle
+        return sha256_of(dest) == sha256.lower()
+    except OSError:
+        return False
 
 
-def fetch_model(source: str, dest: Path, sha256: str | None = None) -> str:
-    """Copy `source` to `dest` atomically; the sha256 of what was copied.
+def fetch_model(source: str, dest: Path, sha256: str | None = None) -> tuple[str, bool]:
+    """Copy `source` to `dest` atomically; (its sha256, whether the cached copy was kept).
 
-    Raises FetchError (ModelNotFound, ChecksumMismatch or FetchFailed); `dest` is then
-    left as it was.
+    Raises FetchError with the cause as its reason; `dest` is then left as it was.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    # mkstemp makes the file private; the server container may run as another user.
-    os.fchmod(fd, 0o644)
+    if cached(dest, sha256):
+        assert sha256 is not None
+        return sha256.lower(), True
     try:
-        with open_source(source) as src, os.fdopen(fd, "wb") as out:
-            try:
-                while chunk := src.read(_CHUNK):
-                    digest.update(chunk)
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            except OSError as exc:
-                raise FetchError(
-                    "FetchFailed", f"copying {source} to {dest} failed: {exc}"
-                ) from None
-        actual = digest.hexdigest()
-        if sha256 is not None and actual != sha256.lower():
-            raise FetchError(
-                "ChecksumMismatch", f"sha256 of {source} is {actual}, expected {sha256.lower()}"
-            )
-        os.replace(tmp, dest)
-        return actual
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        return open_store(source).download(source, dest, sha256), False
+    except StorageError as error:
+        raise FetchError(_REASONS[error.reason], error.message) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m modelyard_server.fetch",
         description="Copy a model into place and verify its sha256 (init container).",
     )
-    parser.add_argument("--source", required=True, help="model path (or file:// URI) to copy")
+    parser.add_argument(
+        "--source", required=True, help="model to copy: a path, file:// or s3://bucket/key URI"
+    )
     parser.add_argument("--dest", required=True, help="where the model goes")
     parser.add_argument("--sha256", default=None, help="expected sha256 (64 hex digits)")
     parser.add_argument(
@@ -114,12 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_CONFIG_ERROR
     try:
-        digest = fetch_model(args.source, Path(args.dest), args.sha256)
+        digest, kept = fetch_model(args.source, Path(args.dest), args.sha256)
     except FetchError as exc:
         report_load_failure(args.termination_log, exc.reason, exc.message)
         return EXIT_LOAD_FAILURE
     size = Path(args.dest).stat().st_size
-    print(f"fetched {args.source} -> {args.dest} ({size} bytes, sha256 {digest})", flush=True)
+    how = "kept the cached copy of" if kept else "fetched"
+    print(f"{how} {args.source} -> {args.dest} ({size} bytes, sha256 {digest})", flush=True)
     return EXIT_OK
 
 

@@ -230,7 +230,7 @@ def test_fetch_copies_and_verifies(tmp_path: Path, models: dict[str, Path]) -> N
     [
         ("mlp", "0" * 64, "ChecksumMismatch"),
         ("/nonexistent/model.onnx", None, "ModelNotFound"),
-        ("s3://bucket/model.onnx", None, "FetchFailed"),
+        ("gs://bucket/model.onnx", None, "InvalidConfig"),
     ],
 )
 def test_fetch_failures_leave_a_load_failure(
