@@ -12,7 +12,7 @@ import json
 import logging
 import ssl
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +21,7 @@ from kubernetes import config as kube_config
 from kubernetes.client import Configuration
 
 from modelyard_operator.builders.common import FIELD_MANAGER, SPEC_HASH_ANNOTATION, Manifest
+from modelyard_operator.metrics import API_REQUESTS
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,25 @@ class Kube:
     def close(self) -> None:
         self.http.close()
 
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        token = self._token()
+        if token:
+            headers["Authorization"] = token
+        return headers
+
+    @staticmethod
+    def _error(response: httpx.Response) -> ApiError:
+        try:
+            status = response.json()
+        except ValueError:
+            status = {}
+        return ApiError(
+            response.status_code,
+            str(status.get("reason", response.reason_phrase)),
+            str(status.get("message", response.text[:500])),
+        )
+
     def request(
         self,
         method: str,
@@ -143,26 +163,57 @@ class Kube:
         body: Any = None,
         content_type: str = "application/json",
     ) -> Any:
-        headers = {"Accept": "application/json"}
-        token = self._token()
-        if token:
-            headers["Authorization"] = token
+        headers = self._headers()
         content = None
         if body is not None:
             headers["Content-Type"] = content_type
             content = json.dumps(body)
+        API_REQUESTS.labels(method).inc()
         response = self.http.request(method, path, params=params, content=content, headers=headers)
         if response.status_code >= 400:
-            try:
-                status = response.json()
-            except ValueError:
-                status = {}
-            raise ApiError(
-                response.status_code,
-                str(status.get("reason", response.reason_phrase)),
-                str(status.get("message", response.text[:500])),
-            )
+            raise self._error(response)
         return response.json() if response.content else None
+
+    def list_from_cache(self, path: str, label_selector: str) -> tuple[list[Manifest], str]:
+        """Every object at `path` that matches, and the resourceVersion to watch from.
+        resourceVersion=0 lets the API server answer from its watch cache, not etcd."""
+        found = self.request(
+            "GET", path, params={"labelSelector": label_selector, "resourceVersion": "0"}
+        )
+        items: list[Manifest] = found.get("items") or []
+        return items, str(found["metadata"]["resourceVersion"])
+
+    def watch(
+        self, path: str, label_selector: str, resource_version: str, timeout_seconds: int
+    ) -> Iterator[dict[str, Any]]:
+        """The watch events after `resource_version`, with bookmarks, until the server ends
+        the watch (after about `timeout_seconds`) or the connection drops."""
+        params = {
+            "watch": "true",
+            "labelSelector": label_selector,
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout_seconds),
+        }
+        timeout = httpx.Timeout(30.0, read=timeout_seconds + 30.0)
+        API_REQUESTS.labels("WATCH").inc()
+        with self.http.stream(
+            "GET", path, params=params, headers=self._headers(), timeout=timeout
+        ) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise self._error(response)
+            for line in response.iter_lines():
+                if line:
+                    yield json.loads(line)
+
+    def observed_write(self, obj: Manifest) -> None:
+        """Told of every object this client created or applied (see handlers/cache.py)."""
+
+    def observed_delete(
+        self, api_version: str, kind: str, namespace: str | None, name: str
+    ) -> None:
+        """Told of every object this client deleted."""
 
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> Manifest | None:
         try:
@@ -173,11 +224,26 @@ class Kube:
             raise
         return found
 
+    def get_managed(
+        self, api_version: str, kind: str, namespace: str, name: str
+    ) -> Manifest | None:
+        """An object that we may have made; a caching client answers from memory alone."""
+        return self.get(api_version, kind, namespace, name)
+
     def list(
-        self, api_version: str, kind: str, namespace: str | None, labels: dict[str, str]
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        labels: dict[str, str],
+        from_cache: bool = False,
     ) -> list[Manifest]:
+        """`from_cache`: the API server's watch cache may answer (a little behind etcd)."""
         path = resource_path(api_version, kind, namespace)
-        found = self.request("GET", path, params={"labelSelector": selector(labels)})
+        params = {"labelSelector": selector(labels)}
+        if from_cache:
+            params["resourceVersion"] = "0"
+        found = self.request("GET", path, params=params)
         items: list[Manifest] = found.get("items", [])
         return items
 
@@ -191,6 +257,7 @@ class Kube:
             body=manifest,
             content_type="application/apply-patch+yaml",
         )
+        self.observed_write(applied)
         return applied
 
     def apply_if_changed(self, manifest: Manifest) -> bool:
@@ -212,11 +279,14 @@ class Kube:
         meta = manifest["metadata"]
         path = resource_path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"))
         try:
-            self.request("POST", path, params={"fieldManager": FIELD_MANAGER}, body=manifest)
+            created = self.request(
+                "POST", path, params={"fieldManager": FIELD_MANAGER}, body=manifest
+            )
         except ApiError as error:
             if error.status == 409:
                 return False
             raise
+        self.observed_write(created)
         return True
 
     def delete(
@@ -232,8 +302,10 @@ class Kube:
             self.request("DELETE", resource_path(api_version, kind, namespace, name), body=body)
         except ApiError as error:
             if error.status == 404:
+                self.observed_delete(api_version, kind, namespace, name)
                 return False
             raise
+        self.observed_delete(api_version, kind, namespace, name)
         return True
 
     def replace_status(self, obj: Manifest, status: dict[str, Any]) -> Manifest:

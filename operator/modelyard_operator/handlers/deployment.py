@@ -175,7 +175,8 @@ def _observe(kube: Kube, settings: Settings, md: ModelDeployment) -> Observed:
     resolution = resolve_model(md, training_found, training)
     return Observed(
         resolution=resolution,
-        claim_found=resolution.model is None or _claim_exists(kube, namespace, resolution.model),
+        claim_found=resolution.model is None
+        or _claim_exists(kube, settings, namespace, resolution.model),
         deployment=kube.get("apps/v1", "Deployment", namespace, name),
         pods=kube.list("v1", "Pod", namespace, {f"modelyard.dev/{KIND_LABEL}": name}),
         url=service_url(md, settings),
@@ -198,15 +199,43 @@ def _read_training(
         return True, ModelTrainingStatus()
 
 
-def _claim_exists(kube: Kube, namespace: str, model: ServedModel) -> bool:
+class ClaimMemo:
+    """Claims seen to exist, remembered for `ttl` seconds: the operator never owns the PVC
+    that holds models and watches none, so a found claim is not asked about on every pass."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, str], float] = {}
+
+    def fresh(self, namespace: str, claim: str, ttl: float) -> bool:
+        with self._lock:
+            seen = self._seen.get((namespace, claim))
+            return seen is not None and time.monotonic() - seen < ttl
+
+    def record(self, namespace: str, claim: str, found: bool) -> None:
+        with self._lock:
+            if found:
+                self._seen[(namespace, claim)] = time.monotonic()
+            else:
+                self._seen.pop((namespace, claim), None)
+
+
+_claims = ClaimMemo()
+
+
+def _claim_exists(kube: Kube, settings: Settings, namespace: str, model: ServedModel) -> bool:
     claim, _ = pvc_claim_and_path(model.uri)
+    if _claims.fresh(namespace, claim, settings.resync_seconds):
+        return True
     try:
-        return kube.get("v1", "PersistentVolumeClaim", namespace, claim) is not None
+        found = kube.get("v1", "PersistentVolumeClaim", namespace, claim) is not None
     except ApiError as error:
         if error.status != 403:
             raise
         log.warning("may not read PersistentVolumeClaims (%s): assuming %s exists", error, claim)
         return True
+    _claims.record(namespace, claim, found)
+    return found
 
 
 def _apply_children(
@@ -216,7 +245,10 @@ def _apply_children(
     model: ServedModel,
     live_deployment: Manifest | None,
 ) -> None:
-    monitor = md.spec.monitoring.service_monitor != "off" and _service_monitor_crd(kube, settings)
+    # Asked once per resync period at most, whatever the spec says: it also tells whether a
+    # ServiceMonitor can exist at all, so that no pass reads one from a cluster without them.
+    crd = _service_monitor_crd(kube, settings)
+    monitor = md.spec.monitoring.service_monitor != "off" and crd
     if md.spec.monitoring.service_monitor == "on" and not monitor:
         log.warning(
             "%s/%s: monitoring.serviceMonitor is on but CRD %s is not installed",
@@ -229,7 +261,8 @@ def _apply_children(
         _hand_replicas_to_hpa(kube, live_deployment)
     for manifest in wanted:
         _apply_owned(kube, manifest, md.metadata.uid)
-    _delete_unwanted(kube, md, {m["kind"] for m in wanted})
+    absent = set() if crd else {"ServiceMonitor"}
+    _delete_unwanted(kube, md, {m["kind"] for m in wanted} | absent)
 
 
 def _apply_owned(kube: Kube, manifest: Manifest, uid: str) -> None:
@@ -298,7 +331,7 @@ def _delete_unwanted(kube: Kube, md: ModelDeployment, wanted_kinds: set[str]) ->
     for api_version, kind in OPTIONAL_KINDS:
         if kind in wanted_kinds:
             continue
-        live = kube.get(api_version, kind, meta.namespace, meta.name)
+        live = kube.get_managed(api_version, kind, meta.namespace, meta.name)
         if live is None:
             continue
         owners = live["metadata"].get("ownerReferences") or []

@@ -1,29 +1,42 @@
 """kopf registrations: every watch event only enqueues the key of the custom resource it
 concerns; the work queues run the reconcilers. No handler stores state on the objects, so the
-operator adds no finalizer and no annotation, and an unchanged object causes no write."""
+operator adds no finalizer and no annotation, and an unchanged object causes no write.
+
+kopf watches the two custom resources. The children are watched by the informers of
+handlers/cache.py, filtered by label on the server: their Deployment and Job events, and the
+deletion of any child, enqueue the custom resource named in the child's labels."""
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import kopf
 
 from modelyard_operator.api.meta import GROUP, VERSION
-from modelyard_operator.builders.common import MANAGED_BY
+from modelyard_operator.builders.common import Manifest
 from modelyard_operator.builders.deployment import KIND_LABEL as DEPLOYMENT_LABEL
 from modelyard_operator.builders.training import KIND_LABEL as TRAINING_LABEL
+from modelyard_operator.handlers.cache import CachedKube
 from modelyard_operator.handlers.deployment import TrainingIndex, reconcile_deployment
 from modelyard_operator.handlers.training import reconcile_training
 from modelyard_operator.kube import Kube
-from modelyard_operator.metrics import PhaseBook, measured
+from modelyard_operator.metrics import PhaseBook, measured, queue_wait_observer
 from modelyard_operator.settings import Settings
 from modelyard_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
+
+OWNER_LABELS = {
+    f"modelyard.dev/{DEPLOYMENT_LABEL}": "deployments",
+    f"modelyard.dev/{TRAINING_LABEL}": "trainings",
+}
+# Child kinds whose every change may change the owner's status; any child's deletion counts too.
+STATUS_KINDS = {"Deployment", "Job"}
+CACHE_SYNC_SECONDS = 60.0
 
 Key = tuple[str, str]
 Reconciler = Callable[[Kube, Settings, str, str], tuple[float | None, str | None]]
@@ -31,7 +44,7 @@ Reconciler = Callable[[Kube, Settings, str, str], tuple[float | None, str | None
 
 @dataclass
 class Runtime:
-    kube: Kube
+    kube: CachedKube
     settings: Settings
     trainings: WorkQueue
     deployments: WorkQueue
@@ -50,7 +63,25 @@ def _queue_for(kind: str, reconciler: Reconciler, kube: Kube, settings: Settings
         phases.record(key, phase)
         return again
 
-    return WorkQueue(measured(kind, run), workers=settings.workers, name=kind)
+    return WorkQueue(
+        measured(kind, run),
+        workers=settings.workers,
+        name=kind,
+        on_wait=queue_wait_observer(kind),
+    )
+
+
+def child_changed(kind: str, event: str, obj: Manifest) -> None:
+    """An informer's event: wake the custom resource that the child belongs to."""
+    if _runtime is None or (kind not in STATUS_KINDS and event != "DELETED"):
+        return
+    meta = obj.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    for label, queue in OWNER_LABELS.items():
+        owner = labels.get(label)
+        if owner:
+            work: WorkQueue = getattr(_runtime, queue)
+            work.add((meta.get("namespace") or "", owner))
 
 
 @kopf.on.startup()
@@ -65,7 +96,7 @@ def start(settings: kopf.OperatorSettings, **_: Any) -> None:
         # Watching chosen namespaces, the operator holds Roles only: kopf must not try to list
         # namespaces and watch CRDs cluster-wide (refused, retried for about a minute first).
         settings.scanning.disabled = True
-    kube = Kube.from_environment()
+    kube = CachedKube(Kube.from_environment(), child_changed, OWNER_LABELS)
     trainings = _queue_for("ModelTraining", reconcile_training, kube, own)
     index = TrainingIndex()
     deployments = _queue_for(
@@ -78,6 +109,13 @@ def start(settings: kopf.OperatorSettings, **_: Any) -> None:
         deployments=deployments,
         training_index=index,
     )
+    kube.start_informers(own.namespaces, own.watch_timeout_seconds)
+    # Reconciles before the first lists would read every child from the API server instead.
+    slow = kube.wait_synced(CACHE_SYNC_SECONDS)
+    if slow:
+        log.warning(
+            "caches not synced after %.0fs, reading from the API: %s", CACHE_SYNC_SECONDS, slow
+        )
     trainings.start()
     deployments.start()
     log.info("modelyard operator started: %s", own.model_dump())
@@ -88,6 +126,7 @@ def stop(**_: Any) -> None:
     if _runtime is not None:
         _runtime.trainings.stop()
         _runtime.deployments.stop()
+        _runtime.kube.stop_informers()
         _runtime.kube.close()
 
 
@@ -105,37 +144,9 @@ def training_changed(type: str, namespace: str | None, name: str, **_: Any) -> N
     _enqueue(lambda r: r.trainings, (namespace or "", name), deleted=type == "DELETED")
 
 
-@kopf.on.event(
-    "batch",
-    "v1",
-    "jobs",
-    labels={
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-        f"modelyard.dev/{TRAINING_LABEL}": kopf.PRESENT,
-    },
-)
-def training_job_changed(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
-    _enqueue(lambda r: r.trainings, (namespace or "", labels[f"modelyard.dev/{TRAINING_LABEL}"]))
-
-
 @kopf.on.event(GROUP, VERSION, "modeldeployments")
 def deployment_changed(type: str, namespace: str | None, name: str, **_: Any) -> None:
     _enqueue(lambda r: r.deployments, (namespace or "", name), deleted=type == "DELETED")
-
-
-@kopf.on.event(
-    "apps",
-    "v1",
-    "deployments",
-    labels={
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-        f"modelyard.dev/{DEPLOYMENT_LABEL}": kopf.PRESENT,
-    },
-)
-def server_deployment_changed(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
-    _enqueue(
-        lambda r: r.deployments, (namespace or "", labels[f"modelyard.dev/{DEPLOYMENT_LABEL}"])
-    )
 
 
 @kopf.on.event(GROUP, VERSION, "modeltrainings")
