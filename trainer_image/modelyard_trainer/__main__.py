@@ -11,7 +11,9 @@ import argparse
 import logging
 import os
 import re
+import shutil
 import sys
+import tempfile
 import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,6 +21,7 @@ from pathlib import Path
 from .config import ConfigError, load_trainer_config
 from .contracts import (
     DEFAULT_TERMINATION_LOG,
+    ENV_OUTPUT_URI,
     ENV_TERMINATION_LOG,
     ExitCode,
     FailureReason,
@@ -99,7 +102,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--output",
         required=True,
-        help="output root; the run's artifacts go to <output>/<ns>/<name>/<uid>/g<generation>/",
+        help=(
+            "output root, a directory or s3://bucket/prefix; the run's artifacts go to "
+            "<output>/<ns>/<name>/<uid>/g<generation>/"
+        ),
     )
     return parser.parse_args(argv)
 
@@ -114,6 +120,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         stream=sys.stderr,
     )
     log.setLevel(logging.INFO)
+    output = Path(args.output)
+    scratch: str | None = None
+    if args.output.startswith("s3://"):
+        # Object storage is the output; the run is built in scratch space and mirrored there.
+        environ = {**environ, ENV_OUTPUT_URI: args.output}
+        scratch = tempfile.mkdtemp(prefix="modelyard-output-")
+        output = Path(scratch)
     try:
         config = load_trainer_config(args.config)
         name = run_name_from(args.config)
@@ -123,11 +136,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             # peers, rank 0 decides (it may be the only one that sees the output volume).
             from .final import final_result
 
-            result = final_result(config, Path(args.output), environ, name)
+            result = final_result(config, output, environ, name)
         if result is None:
             from .runner import execute
 
-            result = execute(config, Path(args.output), environ, name)
+            result = execute(config, output, environ, name)
     except ConfigError as error:
         return _fail(int(ExitCode.CONFIG_INVALID), "InvalidConfig", str(error), environ)
     except TrainerError as error:
@@ -140,6 +153,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return _fail(1, "PeerLost", message, environ)
         traceback.print_exc()
         return _fail(1, "Error", f"{type(error).__name__}: {error}", environ)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     if result is not None:
         write_termination(result, environ)
         print(result.model_dump_json(by_alias=True, exclude_none=True), flush=True)

@@ -185,10 +185,14 @@ class DataSource(_Model):
         default=None,
         min_length=1,
         max_length=1024,
-        pattern=r"^(file:///[^:]*|pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[^:]+|[^:]+)$",
+        pattern=(
+            r"^(file:///[^:]*|pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[^:]+"
+            r"|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[^\s]+|[^:]+)$"
+        ),
         description=(
-            "A CSV or Parquet file: a local path, file:///path, or pvc://claim/path (the claim "
-            "is mounted by the operator under /mnt/pvc/<claim>)."
+            "A CSV or Parquet file: a local path, file:///path, pvc://claim/path (the claim "
+            "is mounted by the operator under /mnt/pvc/<claim>) or s3://bucket/key (read "
+            "with the connection in the ModelTraining's s3 block)."
         ),
     )
     format: DataFormat = Field(

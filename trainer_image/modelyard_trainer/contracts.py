@@ -168,7 +168,9 @@ class ProgressRecord(_Model):
 
 # --- Termination message ---------------------------------------------------------------------
 
-FailureReason = Literal["InvalidConfig", "LossDiverged", "ParityCheckFailed", "PeerLost", "Error"]
+FailureReason = Literal[
+    "InvalidConfig", "LossDiverged", "ParityCheckFailed", "PeerLost", "StorageFailed", "Error"
+]
 
 REASON_BY_EXIT_CODE: dict[int, FailureReason] = {
     int(ExitCode.CONFIG_INVALID): "InvalidConfig",

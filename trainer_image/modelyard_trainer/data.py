@@ -8,16 +8,22 @@ ONNX model, so training and serving run the very same preprocessing on raw featu
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from modelyard_storage.errors import StorageError
+from modelyard_storage.store import open_store
+from modelyard_storage.uri import is_s3
+
 from .config import DataConfig, SyntheticTask
 from .contracts import DEFAULT_PVC_MOUNT_ROOT
 from .errors import InvalidConfig
+from .mirror import storage_failure
 
 MAX_CATEGORIES = 1000
 
@@ -163,8 +169,23 @@ def _load_synthetic(config: DataConfig) -> _Table:
 
 def _load_file(config: DataConfig, pvc_root: str) -> _Table:
     uri = config.source.uri
-    assert uri is not None and config.target is not None
-    path = resolve_data_path(uri, pvc_root)
+    assert uri is not None
+    if not is_s3(uri):
+        return _read_file(config, uri, resolve_data_path(uri, pvc_root))
+    # Each process downloads its own copy to scratch space, verified, and reads it from there.
+    with tempfile.TemporaryDirectory(prefix="modelyard-data-") as scratch:
+        path = Path(scratch) / (PurePosixPath(uri).name or "data")
+        try:
+            open_store(uri).download(uri, path)
+        except StorageError as error:
+            if error.reason in ("NotFound", "BucketNotFound", "InvalidUri"):
+                raise InvalidConfig(f"data.source.uri: {error.message}") from None
+            raise storage_failure(error) from None
+        return _read_file(config, uri, path)
+
+
+def _read_file(config: DataConfig, uri: str, path: Path) -> _Table:
+    assert config.target is not None
     file_format = config.source.format
     if file_format == "auto":
         suffixes = "".join(path.suffixes).lower()

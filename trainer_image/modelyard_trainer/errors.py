@@ -42,3 +42,10 @@ class PeerLost(TrainerError):
 
     exit_code = 1
     reason = "PeerLost"
+
+
+class StorageFailed(TrainerError):
+    """Object storage refused or did not answer; a new attempt (or fixed credentials) may help."""
+
+    exit_code = 1
+    reason = "StorageFailed"

@@ -16,6 +16,7 @@ from .contracts import (
     join_uri,
     run_identity_from_env,
 )
+from .mirror import RunMirror
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,10 @@ def final_result(
 ) -> TrainingResult | None:
     """The result of this run when its artifacts are already final for this config."""
     relpath = run_identity_from_env(environ, default_name).relpath
+    mirror = RunMirror.for_run(environ, relpath)
+    if mirror is not None:
+        (output / relpath).mkdir(parents=True, exist_ok=True)
+        mirror.pull_final(output / relpath)
     metadata = read_final(output / relpath, config_digest(config))
     if metadata is None:
         return None

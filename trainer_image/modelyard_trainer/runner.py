@@ -43,6 +43,7 @@ from .data import Dataset, Part, PreprocessingSpec, load_dataset
 from .errors import ParityCheckFailed
 from .files import sha256_of, write_text_atomically
 from .final import artifact_uri_of, config_digest, read_final, result_from_metadata
+from .mirror import RunMirror
 from .report import ProgressReporter, make_reporter, utc_now
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,13 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _prepare_run_dir(run_dir: Path, digest: str) -> dict[str, Any]:
+def _prepare_run_dir(run_dir: Path, digest: str, mirror: RunMirror | None) -> dict[str, Any]:
     """Rank 0's view of the run directory: already final, or a checkpoint to resume from."""
+    if mirror is not None:
+        # Object storage is the run's home: this pod's scratch directory starts empty.
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not mirror.pull_final(run_dir):
+            mirror.pull_checkpoints(run_dir)
     if read_final(run_dir, digest) is not None:
         return {"final": True, "checkpoint": None}
     checkpoints = run_dir / CHECKPOINT_DIR
@@ -116,8 +122,9 @@ def _execute(
     run_dir = output / identity.relpath
     artifact_uri = artifact_uri_of(output, environ, identity.relpath)
     digest = config_digest(config)
+    mirror = RunMirror.for_run(environ, identity.relpath) if context.is_main else None
     plan: dict[str, Any] = distributed.broadcast_object(
-        context, _prepare_run_dir(run_dir, digest) if context.is_main else {}
+        context, _prepare_run_dir(run_dir, digest, mirror) if context.is_main else {}
     )
     if plan["final"]:
         if not context.is_main:
@@ -166,6 +173,7 @@ def _execute(
             identity,
             run_dir / CHECKPOINT_DIR if context.is_main else None,
             config_digest=digest,
+            checkpoint_saved=mirror.push_checkpoint if mirror is not None else None,
         )
         outcome = trainer.fit(resume)
         log.info(
@@ -180,7 +188,16 @@ def _execute(
         if not context.is_main:
             return None
         return _finish(
-            config, context, dataset, outcome, reporter, base, run_dir, identity, artifact_uri
+            config,
+            context,
+            dataset,
+            outcome,
+            reporter,
+            base,
+            run_dir,
+            identity,
+            artifact_uri,
+            mirror,
         )
     finally:
         reporter.close()
@@ -196,6 +213,7 @@ def _finish(
     run_dir: Path,
     identity: RunIdentity,
     artifact_uri: str,
+    mirror: RunMirror | None,
 ) -> TrainingResult:
     from .export import (
         check_parity,
@@ -232,6 +250,8 @@ def _finish(
         )
     except ParityCheckFailed as failure:
         os.replace(candidate, run_dir / REJECTED_FILE)
+        if mirror is not None:
+            mirror.upload(run_dir / REJECTED_FILE)
         failure.message += f" (kept for inspection as {REJECTED_FILE})"
         raise
     model_path = run_dir / MODEL_FILE
@@ -327,6 +347,9 @@ def _finish(
     write_text_atomically(
         run_dir / METADATA_FILE, metadata.model_dump_json(by_alias=True, indent=2)
     )
+    if mirror is not None:
+        reporter.close()  # progress.jsonl is complete before it is published
+        mirror.publish(run_dir)
     reporter.report(base.model_copy(update={"stage": "Done", **done}), force=True)
     log.info("final: %s serves %s (%s)", run_dir, served, metrics.headline())
     return result_from_metadata(metadata, artifact_uri)

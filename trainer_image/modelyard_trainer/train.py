@@ -131,6 +131,7 @@ class Trainer:
         identity: RunIdentity,
         checkpoint_dir: Path | None,
         config_digest: str = "",
+        checkpoint_saved: Callable[[Path], None] | None = None,
     ) -> None:
         self.config = config
         self.context = context
@@ -139,6 +140,8 @@ class Trainer:
         self.identity = identity
         self.checkpoint_dir = checkpoint_dir  # None on ranks other than 0
         self.config_digest = config_digest
+        # Called with each new checkpoint (rank 0), e.g. to upload it to object storage.
+        self.checkpoint_saved = checkpoint_saved
         batch = config.training.batch_size
         if batch % context.world_size:
             raise InvalidConfig(
@@ -359,7 +362,7 @@ class Trainer:
             if self.checkpoint_dir is not None and (
                 (epoch + 1) % config.checkpoint.every_epochs == 0 or last
             ):
-                save_checkpoint(
+                saved = save_checkpoint(
                     self.checkpoint_dir,
                     epoch + 1,
                     {
@@ -380,6 +383,8 @@ class Trainer:
                     },
                     config.checkpoint.keep,
                 )
+                if self.checkpoint_saved is not None:
+                    self.checkpoint_saved(saved)
             eta.epoch_done((epoch + 1) * steps_per_epoch)
             if self.reporter.due():
                 self.reporter.report(progress(epoch + 1, 0, train_loss))
