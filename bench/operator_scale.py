@@ -29,6 +29,7 @@ import copy
 import math
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -36,8 +37,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-CLUSTER_DIR = ROOT / ".cluster-scale"
-# Own directory and ports: never disturb the test clusters (.cluster, other ports) here.
+# Own directory and ports: never disturb the test clusters (.cluster, other ports) here. A
+# second bench (operator_churn.py beside this one) may pick another directory and ports with
+# MODELYARD_BENCH_CLUSTER_DIR and the port variables; MODELYARD_CLUSTER_DIR is not read, so
+# that a shell set up for the test cluster cannot send a bench (which wipes its cluster) there.
+CLUSTER_DIR = Path(os.environ.get("MODELYARD_BENCH_CLUSTER_DIR", str(ROOT / ".cluster-scale")))
 CLUSTER_ENV = {
     "MODELYARD_CLUSTER_DIR": str(CLUSTER_DIR),
     "MODELYARD_ETCD_PORT": "31379",
@@ -48,6 +52,7 @@ CLUSTER_ENV = {
     "MODELYARD_KWOK_PORT": "31247",
 }
 os.environ.update({k: os.environ.get(k, v) for k, v in CLUSTER_ENV.items()})
+os.environ["MODELYARD_CLUSTER_DIR"] = str(CLUSTER_DIR)
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
@@ -210,6 +215,8 @@ def histogram_quantile(samples: dict[Any, float], name: str, q: float) -> float:
         if metric == name + "_bucket":
             bound = float(dict(labels)["le"])
             buckets[bound] = buckets.get(bound, 0.0) + value
+    if math.inf not in buckets:
+        return math.nan  # an operator without this metric (an older build)
     bounds = sorted(buckets)
     total = buckets[math.inf]
     rank, lower, below = q * total, 0.0, 0.0
@@ -222,16 +229,55 @@ def histogram_quantile(samples: dict[Any, float], name: str, q: float) -> float:
     return lower
 
 
-def total(samples: dict[Any, float], name: str) -> float:
-    return sum(v for (metric, _), v in samples.items() if metric == name)
+def total(samples: dict[Any, float], name: str, **labels: str) -> float:
+    return sum(
+        v
+        for (metric, found), v in samples.items()
+        if metric == name and all(dict(found).get(k) == want for k, want in labels.items())
+    )
+
+
+def delta(after: dict[Any, float], before: dict[Any, float], name: str, **labels: str) -> float:
+    return total(after, name, **labels) - total(before, name, **labels)
+
+
+def kind_quantile(samples: dict[Any, float], kind: str, q: float) -> float:
+    name = "modelyard_reconcile_duration_seconds"
+    picked = {
+        key: value
+        for key, value in samples.items()
+        if key[0] == name + "_bucket" and dict(key[1]).get("kind") == kind
+    }
+    return histogram_quantile(picked, name, q)
+
+
+def lane_quantile(
+    samples: dict[Any, float], before: dict[Any, float], lane: str, q: float
+) -> float:
+    """A queue-wait quantile of one lane, over the samples taken since `before`."""
+    name = "modelyard_queue_wait_seconds"
+    picked = {
+        key: value - before.get(key, 0.0)
+        for key, value in samples.items()
+        if key[0] == name + "_bucket" and dict(key[1]).get("lane") == lane
+    }
+    return histogram_quantile(picked, name, q)
 
 
 # --------------------------------------------------------------------------- the operator
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 class Operator:
-    def __init__(self, kubeconfig: Path, log_path: Path, env: dict[str, str]) -> None:
-        self.metrics_port, self.health_port = 31080, 31081
+    def __init__(
+        self, kubeconfig: Path, log_path: Path, env: dict[str, str], source: Path | None = None
+    ) -> None:
+        self.metrics_port, self.health_port = free_port(), free_port()
         self.env = {
             **os.environ,
             "KUBECONFIG": str(kubeconfig),
@@ -239,6 +285,10 @@ class Operator:
             "MODELYARD_HEALTH_PORT": str(self.health_port),
             **env,
         }
+        if source is not None:  # another build of the operator, e.g. the commit before a change
+            self.env["PYTHONPATH"] = os.pathsep.join(
+                [str(source), self.env.get("PYTHONPATH", "")]
+            ).rstrip(os.pathsep)
         self.log = log_path.open("ab")
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -297,6 +347,12 @@ def main() -> int:
     parser.add_argument("--quiet-seconds", type=float, default=300)
     parser.add_argument("--timeout", type=float, default=1800, help="convergence deadline (s)")
     parser.add_argument("--keep-cluster", action="store_true", help="leave the cluster up")
+    parser.add_argument(
+        "--operator-source",
+        type=Path,
+        help="run the modelyard_operator package from this directory (e.g. an older commit's "
+        "operator/, from `git archive`) instead of the installed one",
+    )
     args = parser.parse_args()
 
     print(f"starting the control plane in {CLUSTER_DIR} ...", flush=True)
@@ -328,7 +384,12 @@ def main() -> int:
         Objects(api, ns).models_claim()
     objects = Objects(api, namespace)
 
-    operator = Operator(operator_kubeconfig, CLUSTER_DIR / "logs" / f"operator-{stamp}.log", {})
+    operator = Operator(
+        operator_kubeconfig,
+        CLUSTER_DIR / "logs" / f"operator-{stamp}.log",
+        {},
+        args.operator_source,
+    )
     pid = operator.start()
     settings = Settings.from_env({})
     bodies = [
@@ -375,6 +436,20 @@ def main() -> int:
         )
         p50 = histogram_quantile(after, "modelyard_reconcile_duration_seconds", 0.5)
         p99 = histogram_quantile(after, "modelyard_reconcile_duration_seconds", 0.99)
+        by_kind = {
+            (kind, q): kind_quantile(after, kind, q)
+            for kind in ("ModelDeployment", "ModelTraining")
+            for q in (0.5, 0.99)
+        }
+        waits = {
+            (lane, q): lane_quantile(after, before, lane, q)
+            for lane in ("event", "timer")
+            for q in (0.5, 0.99)
+        }
+        requests = {
+            method: delta(after, before, "modelyard_api_requests_total", method=method)
+            for method in ("GET", "PATCH", "POST", "DELETE", "WATCH")
+        }
         busy_hwm = rss_kib(pid, "VmHWM")
 
         print(f"quiet window: {args.quiet_seconds:.0f}s without spec changes ...", flush=True)
@@ -383,9 +458,9 @@ def main() -> int:
         time.sleep(args.quiet_seconds)
         audit.barrier(timeout=60)
         quiet_writes = audit.writes(OPERATOR_USER, since=quiet_since)
-        quiet_reconciles = total(scrape(operator.metrics_port), "modelyard_reconciles_total") - (
-            total(quiet_before, "modelyard_reconciles_total")
-        )
+        quiet_after = scrape(operator.metrics_port)
+        quiet_reconciles = delta(quiet_after, quiet_before, "modelyard_reconciles_total")
+        quiet_gets = delta(quiet_after, quiet_before, "modelyard_api_requests_total", method="GET")
         hwm = rss_kib(pid, "VmHWM")
     finally:
         operator.stop()
@@ -415,6 +490,22 @@ def main() -> int:
     print(f"{'creating the CRs, 8 threads (s)':40s} {created_s:>12.1f}")
     print(f"{'reconciles':40s} {reconciles:>12.0f}")
     print(f"{'reconcile duration p50 / p99 (s)':40s} {p50:>12.3f} {p99:>9.3f} (goal p99 < 1)")
+    for kind in ("ModelDeployment", "ModelTraining"):
+        print(
+            f"{'  ' + kind + ' p50 / p99 (s)':40s} {by_kind[kind, 0.5]:>12.3f} "
+            f"{by_kind[kind, 0.99]:>9.3f}"
+        )
+    print(
+        f"{'queue wait, events p50 / p99 (s)':40s} {waits['event', 0.5]:>12.3f} "
+        f"{waits['event', 0.99]:>9.3f}"
+    )
+    print(
+        f"{'queue wait, timers p50 / p99 (s)':40s} {waits['timer', 0.5]:>12.3f} "
+        f"{waits['timer', 0.99]:>9.3f}"
+    )
+    for method, n in requests.items():
+        print(f"{'API requests ' + method + ' (operator)':40s} {n:>12.0f}")
+    print(f"{'API reads (GET) per reconcile':40s} {requests['GET'] / max(reconciles, 1):>12.2f}")
     print(f"{'API writes (audit log)':40s} {len(busy_writes):>12d}")
     print(f"{'API writes per reconcile':40s} {len(busy_writes) / max(reconciles, 1):>12.2f}")
     for key, n in sorted(by_kind.items(), key=lambda kv: -kv[1]):
@@ -425,6 +516,7 @@ def main() -> int:
         f"{'quiet window (s) / reconciles in it':40s} {args.quiet_seconds:>12.0f} "
         f"{quiet_reconciles:>9.0f}"
     )
+    print(f"{'GETs in the quiet window':40s} {quiet_gets:>12.0f}")
     print(f"{'writes in the quiet window (goal 0)':40s} {len(quiet_writes):>12d}")
     for write in quiet_writes[:10]:
         print(f"    {write.verb} {write.resource}/{write.subresource} {write.name}")

@@ -260,15 +260,24 @@ def _apply_children(
     if is_autoscaled(md) and live_deployment is not None and _owns_replicas(live_deployment):
         _hand_replicas_to_hpa(kube, live_deployment)
     for manifest in wanted:
-        _apply_owned(kube, manifest, md.metadata.uid)
+        # The Deployment was read by _observe (a miss there asked the API server already).
+        known = (
+            manifest["kind"] == "Deployment" and manifest["metadata"]["name"] == md.metadata.name
+        )
+        _apply_owned(kube, manifest, md.metadata.uid, live_deployment if known else _UNREAD)
     absent = set() if crd else {"ServiceMonitor"}
     _delete_unwanted(kube, md, {m["kind"] for m in wanted} | absent)
 
 
-def _apply_owned(kube: Kube, manifest: Manifest, uid: str) -> None:
-    """Apply unless unchanged (same spec hash); never take over an object someone else owns."""
+_UNREAD: Manifest = {}
+
+
+def _apply_owned(kube: Kube, manifest: Manifest, uid: str, live: Manifest | None = _UNREAD) -> None:
+    """Apply unless unchanged (same spec hash); never take over an object someone else owns.
+    `live`: the object as this pass read it already (None: absent), else it is read here."""
     meta = manifest["metadata"]
-    live = kube.get(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+    if live is _UNREAD:
+        live = kube.get(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
     if live is not None:
         owners = live["metadata"].get("ownerReferences") or []
         if not any(o.get("uid") == uid for o in owners):
