@@ -13,6 +13,11 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+# github.com/versity/versitygw (Apache-2.0), an S3 gateway over a POSIX directory. Pinned here,
+# not in versions.env: hack/k8s-binaries.sh keys its cache stamp on every line of that file,
+# so a pin there would rebuild all the Kubernetes binaries.
+VERSITYGW_VERSION="${VERSITYGW_VERSION:-1.8.0}"
+
 S3_CACHE_DIR="$(modelyard_cache_root)/versitygw/$VERSITYGW_VERSION"
 S3_BIN="$S3_CACHE_DIR/bin/versitygw"
 
