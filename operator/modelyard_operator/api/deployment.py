@@ -16,8 +16,9 @@ from modelyard_operator.api.meta import (
     cel,
 )
 from modelyard_operator.api.training import MAX_NAME_LENGTH as MAX_TRAINING_NAME_LENGTH
-from modelyard_operator.api.training import PVC_URI_PATTERN
 from modelyard_server.config import ServerConfig
+from modelyard_storage.connection import S3Connection
+from modelyard_storage.uri import STORAGE_URI_PATTERN, UriError, is_s3, parse_uri
 
 # Children share the object's name (Deployment, Service, HPA, PDB); ReplicaSets add 11
 # characters and must stay a valid label value.
@@ -77,9 +78,9 @@ class ModelSource(ApiModel):
 
     uri: str | None = Field(
         None,
-        description="ONNX model file, pvc://<claim>/<path>.",
+        description="ONNX model file: pvc://<claim>/<path> or s3://<bucket>/<key> (needs spec.s3).",
         max_length=1024,
-        pattern=PVC_URI_PATTERN,
+        pattern=STORAGE_URI_PATTERN,
     )
     sha256: str | None = Field(
         None,
@@ -197,7 +198,12 @@ class ModelDeploymentSpec(ApiModel):
         cel(
             "!has(self.replicas) || !has(self.autoscaling)",
             "set replicas or autoscaling, not both",
-        )
+        ),
+        cel(
+            "!has(self.model.uri) || !self.model.uri.startsWith('s3://') || has(self.s3)",
+            "s3: model.uri is an s3:// URI, so spec.s3 (endpoint and Secret) is required",
+            ".model.uri",
+        ),
     )
 
     model: ModelSource = Field(description="The model to serve.")
@@ -221,6 +227,14 @@ class ModelDeploymentSpec(ApiModel):
         description="Resources of each server container.",
     )
     server: ServerConfig = Field(default_factory=ServerConfig, description="Server settings.")
+    s3: S3Connection | None = Field(
+        None,
+        description=(
+            "The S3-compatible store of s3:// models (model.uri, or what model.fromTraining "
+            "produced) and the Secret with its access keys (given to the fetch init container "
+            "as env from secretKeyRef)."
+        ),
+    )
     scheduling: Scheduling = Field(default_factory=Scheduling, description="Where the servers run.")
     rollout: Rollout = Field(default_factory=Rollout, description="Rollout and rollback.")
     monitoring: Monitoring = Field(default_factory=Monitoring, description="Prometheus.")
@@ -230,6 +244,21 @@ class ModelDeploymentSpec(ApiModel):
     def _replicas_or_autoscaling(self) -> ModelDeploymentSpec:
         if self.replicas is not None and self.autoscaling is not None:
             raise ValueError("set replicas or autoscaling, not both")
+        return self
+
+    @model_validator(mode="after")
+    def _s3_needs_connection(self) -> ModelDeploymentSpec:
+        uri = self.model.uri
+        if uri is None:
+            return self
+        try:
+            parse_uri(uri, "model.uri")
+        except UriError as error:
+            raise ValueError(str(error)) from None
+        if is_s3(uri) and self.s3 is None:
+            raise ValueError(
+                "s3: model.uri is an s3:// URI, so spec.s3 (endpoint and Secret) is required"
+            )
         return self
 
 

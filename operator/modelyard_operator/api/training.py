@@ -15,13 +15,22 @@ from modelyard_operator.api.meta import (
     Scheduling,
     cel,
 )
+from modelyard_storage.connection import S3Connection
+from modelyard_storage.uri import PVC_URI_PATTERN, STORAGE_URI_PATTERN, UriError, is_s3, parse_uri
 from modelyard_trainer.config import TrainerConfig
 
 # Children are `<name>-progress`, `<name>-a<attempt>` and pods `<name>-a<attempt>-<index>`,
 # whose host names must fit 63 characters; 40 leaves room for every suffix.
 MAX_NAME_LENGTH = 40
 MAX_WORKERS = 128
-PVC_URI_PATTERN = r"^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/[^\s]*)?$"
+__all__ = ["PVC_URI_PATTERN", "STORAGE_URI_PATTERN"]
+
+# CEL: whether a URI field (that may be absent) names object storage.
+_S3_OUTPUT = "has(self.output) && self.output.uri.startsWith('s3://')"
+_S3_DATA = (
+    "has(self.data) && has(self.data.source) && has(self.data.source.uri) && "
+    "self.data.source.uri.startsWith('s3://')"
+)
 
 
 class TrainingScheduling(Scheduling):
@@ -43,11 +52,12 @@ class Output(ApiModel):
     uri: str = Field(
         "pvc://modelyard-models",
         description=(
-            "Output location, pvc://<claim>[/<path>]. The claim must exist in the namespace; "
-            "the operator never owns it. Only rank 0 mounts it."
+            "Output location: pvc://<claim>[/<path>] (the claim must exist in the namespace; "
+            "the operator never owns it; only rank 0 mounts it) or s3://<bucket>[/<prefix>] "
+            "(needs spec.s3; checkpoints go there too, so a resumed attempt needs no volume)."
         ),
         max_length=1024,
-        pattern=PVC_URI_PATTERN,
+        pattern=STORAGE_URI_PATTERN,
     )
 
 
@@ -91,7 +101,18 @@ class ModelTrainingSpec(TrainerConfig):
                     "!self.runPolicy.suspend",
                     "runPolicy.suspend cannot be combined with scheduling.queueName: "
                     "Kueue owns suspension of queued runs",
-                )
+                ),
+                cel(
+                    f"!({_S3_OUTPUT}) || has(self.s3)",
+                    "s3: output.uri is an s3:// URI, so spec.s3 (endpoint and Secret) is required",
+                    ".output.uri",
+                ),
+                cel(
+                    f"!({_S3_DATA}) || has(self.s3)",
+                    "s3: data.source.uri is an s3:// URI, so spec.s3 (endpoint and Secret) is "
+                    "required",
+                    ".data.source.uri",
+                ),
             ]
         },
     )
@@ -116,6 +137,13 @@ class ModelTrainingSpec(TrainerConfig):
         default_factory=TrainingScheduling, description="Where the workers may run."
     )
     output: Output = Field(default_factory=Output, description="Where artifacts are written.")
+    s3: S3Connection | None = Field(
+        None,
+        description=(
+            "The S3-compatible store that s3:// URIs (data.source.uri, output.uri) refer to, "
+            "and the Secret with its access keys (given to the workers as env from secretKeyRef)."
+        ),
+    )
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Retries and deadlines.")
     pod: PodOverrides = Field(default_factory=PodOverrides, description="Worker pod overrides.")
 
@@ -126,6 +154,24 @@ class ModelTrainingSpec(TrainerConfig):
                 "runPolicy.suspend cannot be combined with scheduling.queueName: "
                 "Kueue owns suspension of queued runs"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _s3_needs_connection(self) -> ModelTrainingSpec:
+        for field, uri in (
+            ("output.uri", self.output.uri),
+            ("data.source.uri", self.data.source.uri),
+        ):
+            if uri is None:
+                continue
+            try:
+                parse_uri(uri, field)
+            except UriError as error:
+                raise ValueError(str(error)) from None
+            if is_s3(uri) and self.s3 is None:
+                raise ValueError(
+                    f"s3: {field} is an s3:// URI, so spec.s3 (endpoint and Secret) is required"
+                )
         return self
 
 

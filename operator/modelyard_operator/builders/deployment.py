@@ -27,6 +27,7 @@ from modelyard_operator.builders.common import (
 from modelyard_operator.settings import Settings
 from modelyard_server import contracts
 from modelyard_server.config import env_name
+from modelyard_storage.uri import is_s3
 
 KIND = "ModelDeployment"
 KIND_LABEL = "deployment"
@@ -96,8 +97,10 @@ def _int_or_percent(value: str) -> int | str:
     return value if value.endswith("%") else int(value)
 
 
-def _model_source_path(model: ServedModel) -> tuple[str, str]:
-    """(claim, path of the model file inside the fetch container)."""
+def _model_source_path(model: ServedModel) -> tuple[str | None, str]:
+    """(claim to mount or None, what the fetch container reads: a path or an s3:// URI)."""
+    if is_s3(model.uri):
+        return None, model.uri
     claim, path = pvc_claim_and_path(model.uri)
     return claim, f"{PVC_MOUNT_ROOT}/{claim}/{path}"
 
@@ -128,7 +131,12 @@ def _fetch_container(md: ModelDeployment, model: ServedModel, image: str, pull: 
     ]
     if model.sha256:
         command += ["--sha256", model.sha256]
-    return {
+    mounts: list[dict[str, Any]] = [{"name": "models", "mountPath": MODEL_DIR}]
+    if claim is not None:
+        mounts.append(
+            {"name": "source", "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True}
+        )
+    container: Manifest = {
         "name": FETCH_CONTAINER,
         "image": image,
         "imagePullPolicy": pull,
@@ -136,14 +144,15 @@ def _fetch_container(md: ModelDeployment, model: ServedModel, image: str, pull: 
         # Init containers count against scheduling as max(init, sum of containers): the
         # server's own resources add nothing to what the pod asks for.
         "resources": resources(md.spec.resources),
-        "volumeMounts": [
-            {"name": "models", "mountPath": MODEL_DIR},
-            {"name": "source", "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True},
-        ],
+        "volumeMounts": mounts,
         "securityContext": restricted_container_security(),
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    if claim is None and md.spec.s3 is not None:
+        # Only the fetcher talks to object storage: the server container never sees the keys.
+        container["env"] = md.spec.s3.pod_env()
+    return container
 
 
 def _http_probe(path: str, period: int, failures: int, timeout: int = 2) -> Manifest:
@@ -229,7 +238,16 @@ def server_deployment(md: ModelDeployment, model: ServedModel, settings: Setting
         "volumes": [
             {"name": "models", "emptyDir": {}},
             {"name": "tmp", "emptyDir": {}},
-            {"name": "source", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}},
+            *(
+                [
+                    {
+                        "name": "source",
+                        "persistentVolumeClaim": {"claimName": claim, "readOnly": True},
+                    }
+                ]
+                if claim is not None
+                else []
+            ),
             *spec.pod.volumes,
         ],
         **pod_override_fields(spec.pod, None),

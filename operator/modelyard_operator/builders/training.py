@@ -20,6 +20,7 @@ from modelyard_operator.builders.common import (
     user_env,
 )
 from modelyard_operator.settings import Settings
+from modelyard_storage.uri import is_s3
 from modelyard_trainer import contracts
 from modelyard_trainer.config import TRAINER_SPEC_KEYS
 
@@ -32,6 +33,8 @@ COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-ind
 CONTAINER = "trainer"
 CONFIG_DIR = "/etc/modelyard"
 CONFIG_FILE = "trainer.yaml"
+# With an s3:// output the run is built here (the pod's scratch emptyDir) and mirrored there.
+S3_SCRATCH_OUTPUT = "/tmp/modelyard-output"
 
 
 def config_map_name(name: str) -> str:
@@ -184,12 +187,17 @@ def _worker_env(mt: ModelTraining, attempt: int, settings: Settings) -> list[dic
         {"name": contracts.ENV_PROGRESS_CONFIGMAP, "value": progress_config_map_name(meta.name)},
         {"name": contracts.ENV_PVC_MOUNT_ROOT, "value": contracts.DEFAULT_PVC_MOUNT_ROOT},
     ]
+    if spec.s3 is not None:
+        # Endpoint settings as values; the access keys only as references to the Secret.
+        env += spec.s3.pod_env()
     return env + user_env(spec.pod)
 
 
 def _claims(mt: ModelTraining) -> list[str]:
-    """Claims to mount under the PVC root: the output's, and the data's when it is on a PVC."""
-    claims = [pvc_claim_and_path(mt.spec.output.uri)[0]]
+    """Claims to mount under the PVC root: the output's and the data's, when on a PVC."""
+    claims = []
+    if mt.spec.output.uri.startswith("pvc://"):
+        claims.append(pvc_claim_and_path(mt.spec.output.uri)[0])
     data_uri = mt.spec.data.source.uri
     if data_uri and data_uri.startswith("pvc://"):
         claims.append(pvc_claim_and_path(data_uri)[0])
@@ -208,8 +216,11 @@ def _command(mt: ModelTraining, output_dir: str) -> list[str]:
 def job(mt: ModelTraining, attempt: int, settings: Settings) -> Manifest:
     """One attempt: an Indexed Job whose pods form one DDP gang."""
     spec, meta = mt.spec, mt.metadata
-    claim, prefix = pvc_claim_and_path(spec.output.uri)
-    output_dir = "/".join(p for p in (contracts.DEFAULT_PVC_MOUNT_ROOT, claim, prefix) if p)
+    if is_s3(spec.output.uri):
+        output_dir = S3_SCRATCH_OUTPUT
+    else:
+        claim, prefix = pvc_claim_and_path(spec.output.uri)
+        output_dir = "/".join(p for p in (contracts.DEFAULT_PVC_MOUNT_ROOT, claim, prefix) if p)
     job_labels = {
         **training_labels(mt, "worker"),
         ATTEMPT_LABEL: str(attempt),

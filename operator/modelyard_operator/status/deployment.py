@@ -30,11 +30,7 @@ from modelyard_operator.api.deployment import (
     RejectedModel,
     ServedModel,
 )
-from modelyard_operator.api.training import (
-    PVC_URI_PATTERN,
-    ModelTrainingStatus,
-    TrainingResultStatus,
-)
+from modelyard_operator.api.training import ModelTrainingStatus, TrainingResultStatus
 from modelyard_operator.builders.common import Manifest
 from modelyard_operator.builders.deployment import (
     FETCH_CONTAINER,
@@ -51,6 +47,7 @@ from modelyard_operator.status.conditions import (
     set_condition,
 )
 from modelyard_server.contracts import parse_load_failure
+from modelyard_storage.uri import PVC_URI_PATTERN, S3_URI_PATTERN, is_s3
 
 RESOLVED = "Resolved"
 # Waiting reasons of a container that will not get better by waiting.
@@ -139,7 +136,14 @@ def resolve_model(
             None,
             "InvalidUri",
             f"ModelTraining {name!r} produced {result.model_uri}: only pvc://<claim>/<path> "
-            "URIs can be served",
+            "and s3://<bucket>/<key> URIs can be served",
+        )
+    if is_s3(result.model_uri) and md.spec.s3 is None:
+        return Resolution(
+            None,
+            "S3NotConfigured",
+            f"ModelTraining {name!r} produced {result.model_uri}: set spec.s3 (endpoint and "
+            "Secret with the access keys) to serve models from object storage",
         )
     gate_failure = _gate_failure(md, name, result)
     if gate_failure is not None:
@@ -154,6 +158,9 @@ def resolve_model(
 
 
 def _servable(uri: str) -> bool:
+    """A file in a claim or a bucket: a URI with a path below the claim or bucket."""
+    if is_s3(uri):
+        return re.fullmatch(S3_URI_PATTERN, uri) is not None and "/" in uri.removeprefix("s3://")
     return re.fullmatch(PVC_URI_PATTERN, uri) is not None and "/" in uri.removeprefix("pvc://")
 
 
@@ -427,7 +434,8 @@ def _resolve(run: _Pass) -> ServedModel | None:
     """The candidate, with the ModelResolved condition saying why there is none."""
     resolution, status = run.observed.resolution, run.status
     model, reason, message = resolution.model, resolution.reason, resolution.message
-    if model is not None and not run.observed.claim_found:
+    # Only pvc:// models live in a claim; an s3:// model's problems show in the fetcher's report.
+    if model is not None and model.uri.startswith("pvc://") and not run.observed.claim_found:
         claim = model.uri.removeprefix("pvc://").split("/", 1)[0]
         model, reason = None, "ClaimNotFound"
         message = (

@@ -229,8 +229,14 @@ def test_a_passing_training_result_is_promoted_with_its_generation() -> None:
         (
             True,
             training({"modelUri": "s3://bucket/model.onnx", "metrics": {"test_accuracy": 1}}),
+            "S3NotConfigured",
+            "set spec.s3",
+        ),
+        (
+            True,
+            training({"modelUri": "gs://bucket/model.onnx", "metrics": {"test_accuracy": 1}}),
             "InvalidUri",
-            "s3://bucket",
+            "gs://bucket",
         ),
         (
             True,

@@ -64,7 +64,7 @@ def test_snake_case_names_are_accepted_too() -> None:
         ),
         ({"data": {"source": {"builtin": "mnist"}}}, "data.source.builtin: Input should be"),
         ({"data": {"source": {"uri": "x.csv"}}}, "data: target is required"),
-        ({"data": {"source": {"uri": "s3://bucket/x.csv"}, "target": "y"}}, "data.source.uri"),
+        ({"data": {"source": {"uri": "gs://bucket/x.csv"}, "target": "y"}}, "data.source.uri"),
         ({"data": {"split": {"validation": 0.5, "test": 0.4}}}, "data.split: validation + test"),
         (
             {"training": {"optimizer": {"name": "adam", "nesterov": True}}},
