@@ -4,9 +4,10 @@ UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install lint typecheck test test-unit crds demo cluster-up cluster-down k8s-binaries \
-	bench-server bench-trainer bench-operator-scale images deploy-manifests node-binaries node-up \
-	node-down test-e2e clean
+.PHONY: install lint typecheck test test-unit test-integration crds demo demo-local kind-demo \
+	cluster-up cluster-down k8s-binaries bench-server bench-trainer bench-operator-scale images \
+	deploy-manifests node-binaries node-up node-down host-packages real-cluster-up \
+	real-cluster-down node-load-images test-e2e clean
 
 $(UV):
 	hack/install-uv.sh
@@ -43,26 +44,60 @@ node-up: cluster-up node-binaries  ## a real node (kubelet, containerd) on this 
 node-down:
 	hack/node.sh down
 
-test-e2e: install  ## tests with real pods (needs `make node-up`)
-	$(PY) -m pytest -m node tests/e2e $(PYTEST_ARGS)
+host-packages:  ## Debian packages of the real node and the images; starts dockerd (root)
+	hack/host-packages.sh
+
+# The cluster of `make demo` and `make test-e2e`: its own state and ports, no kwok nodes and
+# an untainted real node, so that every pod really runs.
+REAL_CLUSTER := MODELYARD_CLUSTER_DIR=$(CURDIR)/.cluster-real MODELYARD_ETCD_PORT=24379 \
+	MODELYARD_ETCD_PEER_PORT=24380 MODELYARD_APISERVER_PORT=24443 MODELYARD_KCM_PORT=24257 \
+	MODELYARD_SCHEDULER_PORT=24259 MODELYARD_KWOK_PORT=24247 MODELYARD_KWOK_NODES=0 \
+	MODELYARD_NODE_TAINT=
+K8S_BIN = $(shell hack/k8s-binaries.sh --print-bin-dir)
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
+IMAGES := modelyard/operator:$(VERSION) modelyard/trainer:$(VERSION) modelyard/server:$(VERSION)
+
+real-cluster-up: k8s-binaries node-binaries host-packages  ## control plane + real node, no kwok
+	$(REAL_CLUSTER) hack/cluster.sh up
+	$(REAL_CLUSTER) hack/node.sh up
+
+real-cluster-down:
+	$(REAL_CLUSTER) hack/node.sh down
+	$(REAL_CLUSTER) hack/cluster.sh down
+
+node-load-images: real-cluster-up images  ## the three images into the real node's containerd
+	$(REAL_CLUSTER) hack/node-images.sh docker $(IMAGES)
+
+test-e2e: install node-load-images  ## tests with real pods on the real cluster
+	$(REAL_CLUSTER) $(PY) -m pytest -m node tests/e2e $(PYTEST_ARGS)
 
 test-unit: install k8s-binaries  ## tests that need no cluster (helm and kubectl render the chart)
 	$(PY) -m pytest -m "not cluster and not node" $(PYTEST_ARGS)
+
+test-integration: install k8s-binaries  ## unit tests and the kwok control plane, no real pods
+	$(PY) -m pytest -m "not chaos and not node" $(PYTEST_ARGS)
 
 # The chaos tests restart an API server, so they get a control plane of their own.
 CHAOS_CLUSTER := MODELYARD_CLUSTER_DIR=$(CURDIR)/.cluster-chaos MODELYARD_ETCD_PORT=30379 \
 	MODELYARD_ETCD_PEER_PORT=30380 MODELYARD_APISERVER_PORT=30443 MODELYARD_KCM_PORT=30257 \
 	MODELYARD_SCHEDULER_PORT=30259 MODELYARD_KWOK_PORT=30247
 
-test: lint typecheck k8s-binaries  ## the README's test command: lint, types, every test
-	$(PY) -m pytest -m "not chaos" $(PYTEST_ARGS)
+test: lint typecheck test-integration  ## the README's test command: lint, types, every test
 	$(CHAOS_CLUSTER) $(PY) -m pytest -m chaos $(PYTEST_ARGS)
+	$(MAKE) test-e2e
 
 bench-operator-scale: install  ## 1,000 ModelDeployments + 200 ModelTrainings (BENCH_ARGS to resize)
 	$(PY) bench/operator_scale.py $(BENCH_ARGS)
 
-demo: install  ## the main job
+demo: install node-load-images  ## the main job: a model's whole life on the real cluster
+	$(PY) hack/demo.py --kubeconfig .cluster-real/kubeconfig --kubectl $(K8S_BIN)/kubectl \
+		--helm $(K8S_BIN)/helm
+
+demo-local: install  ## the same without Kubernetes: torchrun, the server, an OIP client
 	$(PY) hack/demo_local.py
+
+kind-demo: install  ## the demo on a kind cluster (Docker, kind, kubectl, helm, internet)
+	hack/kind-demo.sh
 
 bench-server: install  ## serving throughput against KServe, a naive server and raw ONNX Runtime
 	bench/server/make_venvs.sh
@@ -71,7 +106,9 @@ bench-server: install  ## serving throughput against KServe, a naive server and 
 bench-trainer: install  ## trainer samples/s against a textbook PyTorch loop
 	$(PY) bench/trainer_throughput.py
 
-images:  ## modelyard/{operator,trainer,server}; BASE=local: a debootstrap base, no registry
+# BASE=local (the default here): a debootstrap base image, as no registry is reachable.
+BASE ?= local
+images: host-packages  ## modelyard/{operator,trainer,server} in the Docker engine
 	hack/images.sh $(if $(BASE),--base $(BASE))
 
 deploy-manifests: k8s-binaries  ## re-render deploy/default/modelyard.yaml from charts/modelyard

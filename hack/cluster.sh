@@ -27,6 +27,8 @@ APISERVER_PORT="${MODELYARD_APISERVER_PORT:-26443}"
 KCM_PORT="${MODELYARD_KCM_PORT:-20257}"
 SCHEDULER_PORT="${MODELYARD_SCHEDULER_PORT:-20259}"
 KWOK_PORT="${MODELYARD_KWOK_PORT:-20247}"
+# 0: no simulated nodes, for a cluster whose only worker is the real node of node.sh.
+KWOK_NODES="${MODELYARD_KWOK_NODES:-1}"
 
 SERVICE_CIDR=10.96.0.0/16
 SA_ISSUER=https://kubernetes.default.svc.cluster.local
@@ -499,9 +501,11 @@ cmd_up() {
     --server-address "127.0.0.1:$KWOK_PORT" \
     --node-ip 10.233.0.1 --cidr 10.244.0.1/16
 
-  create_nodes
-  wait_for kwok 60 "nodes Ready" kubectl_ wait --for=condition=Ready node --all --timeout=2s
-  log "nodes Ready after $((SECONDS - start))s"
+  if [[ "$KWOK_NODES" != 0 ]]; then
+    create_nodes
+    wait_for kwok 60 "nodes Ready" kubectl_ wait --for=condition=Ready node --all --timeout=2s
+    log "nodes Ready after $((SECONDS - start))s"
+  fi
   # The service-account controller (controller-manager) and the scheduler are up once
   # the default namespace has its ServiceAccount and the scheduler answers /readyz.
   wait_for kube-controller-manager 60 "ServiceAccount default/default" \

@@ -82,11 +82,21 @@ case "${1:-}" in
     (($#)) || die "usage: $0 docker IMAGE..."
     mkdir -p "$IMAGES_DIR"
     for image in "$@"; do
+      # A saved 6 GB image takes minutes to copy: skip it when the node already holds the
+      # Docker image of the same id (what was imported last is noted per name).
+      id="$(docker image inspect -f '{{.Id}}' "$image")" || die "no image $image in Docker"
+      note="$IMAGES_DIR/docker-ids/${image//[\/:]/_}"
+      if [[ "$(cat "$note" 2>/dev/null)" == "$id" ]] && ctr_ images ls -q | grep -qxF "docker.io/$image"; then
+        log "$image: the node has it ($id)"
+        continue
+      fi
       tmp="$IMAGES_DIR/docker-save.tar"
       log "docker save $image"
       docker save -o "$tmp" "$image"
       import_archive "$tmp"
       rm -f "$tmp"
+      mkdir -p "${note%/*}"
+      printf '%s\n' "$id" >"$note"
     done
     ;;
   archive)
