@@ -62,7 +62,8 @@ def autoscaled(**changes: Any) -> ModelDeployment:
     custom = {"name": "modelyard_server_inflight_requests", "targetAverageValue": "4"}
     document = with_changes(
         load_sample("digits-deployment.yaml"),
-        {**IDENTITY, "spec.autoscaling.customMetric": custom, **changes},
+        # Named as the pinned sample, so that both share the expectations below.
+        {**IDENTITY, "metadata.name": "digits", "spec.autoscaling.customMetric": custom, **changes},
     )
     return ModelDeployment.model_validate(document)
 
