@@ -62,13 +62,18 @@ fi
 version="$(sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO_ROOT/pyproject.toml" | head -n1)"
 [[ -n "$version" ]] || die "no version in pyproject.toml"
 tag="${MODELYARD_IMAGE_TAG:-$version}"
-revision="$(git -C "$REPO_ROOT" rev-parse HEAD 2>/dev/null || echo unknown)"
+# What goes into the images (see .dockerignore). Their labels name the last commit that
+# changed these, at that commit's time: a commit elsewhere (tests, docs) leaves the image ids
+# as they were, so nothing has to be copied to a node again.
+inputs=(pyproject.toml uv.lock README.md .dockerignore operator trainer_image server_image storage)
+revision="$(git -C "$REPO_ROOT" log -1 --format=%H -- "${inputs[@]}" 2>/dev/null || true)"
+created="$(git -C "$REPO_ROOT" log -1 --format=%cI -- "${inputs[@]}" 2>/dev/null || true)"
+revision="${revision:-unknown}"
+created="${created:-1970-01-01T00:00:00Z}"
 if [[ "$revision" != unknown ]] && [[ -n "$(git -C "$REPO_ROOT" status --porcelain -- \
-  pyproject.toml uv.lock operator trainer_image server_image 2>/dev/null)" ]]; then
+  "${inputs[@]}" 2>/dev/null)" ]]; then
   revision+="-dirty"
 fi
-# The commit's time, not the build's: the same commit gives the same labels.
-created="$(git -C "$REPO_ROOT" log -1 --format=%cI 2>/dev/null || echo 1970-01-01T00:00:00Z)"
 
 # The CA bundle travels in the build context under a name of its own (see the Dockerfiles);
 # it is removed again afterwards so that no later build picks up a stale one.

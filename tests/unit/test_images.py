@@ -47,9 +47,16 @@ def test_dockerfile_is_multi_stage_on_a_base_argument(name: str) -> None:
     stages = [rest for keyword, rest in steps if keyword == "FROM"]
     assert stages == ["${BASE_IMAGE} AS build", "${BASE_IMAGE}"]
     final = final_stage(steps)
-    # Only the virtual environment comes over from the build stage (no CA bundle, no uv).
+    # Only the dependencies' virtual environment and the project come over from the build
+    # stage (no CA bundle, no uv), in two layers: a change of the sources leaves the first.
     copies = [rest for keyword, rest in final if keyword == "COPY"]
-    assert copies == ["--from=build /opt/venv /opt/venv"]
+    assert copies == [
+        "--from=build /opt/venv /opt/venv",
+        "--from=build /opt/modelyard /opt/modelyard",
+    ]
+    assert "PYTHONPATH=/opt/modelyard" in " ".join(
+        rest for keyword, rest in final if keyword == "ENV"
+    )
 
 
 @pytest.mark.parametrize("name", sorted(IMAGES))
