@@ -1,0 +1,341 @@
+"""A model's whole life with real pods: the operator installed by Helm trains digits with DDP
+on two worker pods, survives a killed worker, serves the ONNX artifact behind a Service,
+rolls back a corrupted model without a failed request, and scales out under load.
+
+The tests run in file order and share one namespace, one training and one deployment, as a
+user's cluster would; each checks one promise of the issue. The images must be on the node
+(`make node-load-images`); the test is skipped with that hint when they are not.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime
+import pytest
+import tritonclient.http as oip
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+from sklearn.datasets import load_digits
+
+from tests.e2e.node_support import RealNode
+from tests.integration.support import KUBECONFIG, ROOT, bin_dir, wait_until
+
+GROUP, VERSION = "modelyard.dev", "v1alpha1"
+NAMESPACE = "e2e-lifecycle"
+OPERATOR_NAMESPACE = "modelyard-system"
+TRAINING = "digits"
+SERVING = "digits-server"
+CLAIM = "modelyard-models"
+CORRUPT_URI = f"pvc://{CLAIM}/corrupt/model.onnx"
+
+
+def _images_present(api: client.ApiClient, node: RealNode) -> None:
+    for image in ("modelyard/operator", "modelyard/trainer", "modelyard/server"):
+        node.image_with(image, api)  # skips the module with the hint when missing
+
+
+@pytest.fixture(scope="module")
+def operator(api: client.ApiClient, real_node: RealNode) -> Iterator[None]:
+    """The chart installed as a user would; uninstalled after the module."""
+    _images_present(api, real_node)
+    helm = [str(bin_dir() / "helm"), "--kubeconfig", str(KUBECONFIG)]
+    subprocess.run(
+        [
+            *helm,
+            "upgrade",
+            "--install",
+            "modelyard",
+            str(ROOT / "charts/modelyard"),
+            "--namespace",
+            OPERATOR_NAMESPACE,
+            "--create-namespace",
+            "--wait",
+            "--timeout",
+            "5m",
+        ],
+        check=True,
+        timeout=330,
+    )
+    yield
+    subprocess.run(
+        [*helm, "uninstall", "modelyard", "--namespace", OPERATOR_NAMESPACE], timeout=120
+    )
+
+
+@dataclass
+class Lifecycle:
+    api: client.ApiClient
+    namespace: str
+    result: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api)
+
+    @property
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.api)
+
+    def get(self, plural: str) -> dict[str, Any]:
+        name = TRAINING if plural == "modeltrainings" else SERVING
+        obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, plural, name
+        )
+        return obj
+
+    def create(self, plural: str, body: dict[str, Any]) -> None:
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, plural, body)
+
+    def pods(self, selector: str) -> list[client.V1Pod]:
+        return list(self.core.list_namespaced_pod(self.namespace, label_selector=selector).items)
+
+    def claim_dir(self) -> Path:
+        """Where the claim's volume lives on this machine (local-path: a host directory)."""
+        claim = self.core.read_namespaced_persistent_volume_claim(CLAIM, self.namespace)
+        volume = self.core.read_persistent_volume(claim.spec.volume_name)
+        source = volume.spec.host_path or volume.spec.local
+        return Path(source.path)
+
+    def service_address(self) -> str:
+        # This machine routes Service IPs to the node, where kube-proxy's rules apply.
+        service = self.core.read_namespaced_service(SERVING, self.namespace)
+        port = next(p.port for p in service.spec.ports if p.name == "http")
+        return f"{service.spec.cluster_ip}:{port}"
+
+
+@pytest.fixture(scope="module")
+def life(api: client.ApiClient, operator: None) -> Iterator[Lifecycle]:
+    core = client.CoreV1Api(api)
+    with_label = {"pod-security.kubernetes.io/enforce": "restricted"}
+    try:
+        core.delete_namespace(NAMESPACE)
+        wait_until(lambda: _gone(core, NAMESPACE), timeout=120, what=f"old {NAMESPACE} gone")
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+    core.create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE, labels=with_label))
+    )
+    core.create_namespaced_persistent_volume_claim(
+        NAMESPACE,
+        client.V1PersistentVolumeClaim(
+            metadata=client.V1ObjectMeta(name=CLAIM),
+            spec=client.V1PersistentVolumeClaimSpec(
+                access_modes=["ReadWriteOnce"],
+                resources=client.V1VolumeResourceRequirements(requests={"storage": "1Gi"}),
+            ),
+        ),
+    )
+    yield Lifecycle(api, NAMESPACE)
+    core.delete_namespace(NAMESPACE)
+
+
+def _gone(core: client.CoreV1Api, name: str) -> bool:
+    try:
+        core.read_namespace(name)
+    except ApiException as exc:
+        return exc.status == 404
+    return False
+
+
+def _training() -> dict[str, Any]:
+    """The digits sample, sized for a 2-core node, with a checkpoint every 2 epochs."""
+    training: dict[str, Any] = yaml.safe_load((ROOT / "deploy/samples/digits.yaml").read_text())
+    spec = training["spec"]
+    spec["resources"]["requests"]["cpu"] = "500m"
+    spec["checkpoint"]["everyEpochs"] = 2
+    return training
+
+
+def _phase(life: Lifecycle) -> str | None:
+    status = life.get("modeltrainings").get("status", {})
+    if status.get("phase") == "Failed":
+        pytest.fail(f"the training failed: {status}")
+    return str(status.get("phase")) if status.get("phase") == "Succeeded" else None
+
+
+def _running_window(pod: client.V1Pod) -> tuple[datetime, datetime]:
+    state = pod.status.container_statuses[0].state.terminated
+    return state.started_at, state.finished_at
+
+
+def test_ddp_on_two_pods_survives_a_killed_worker_and_resumes_from_its_checkpoint(
+    life: Lifecycle, real_node: RealNode
+) -> None:
+    life.create("modeltrainings", _training())
+
+    def past_first_checkpoint() -> bool:
+        status = life.get("modeltrainings").get("status", {})
+        return status.get("attempt") == 1 and status.get("progress", {}).get("epoch", 0) >= 3
+
+    wait_until(past_first_checkpoint, timeout=900, interval=1, what="epoch 3 of attempt 1")
+    [victim] = life.pods(f"job-name={TRAINING}-a1,batch.kubernetes.io/job-completion-index=1")
+    life.core.delete_namespaced_pod(victim.metadata.name, life.namespace, grace_period_seconds=0)
+
+    wait_until(lambda: _phase(life), timeout=1200, interval=2, what="the training to succeed")
+    status = life.get("modeltrainings")["status"]
+    assert status["attempt"] == 2, status
+    assert status["failedAttempts"] == 1, status
+    result = status["result"]
+    assert result["metrics"]["test_accuracy"] >= 0.95, result
+    life.result = result
+
+    # Attempt 2: both ranks really ran at once on the real node, over the pod network.
+    workers = sorted(
+        life.pods(f"job-name={TRAINING}-a2"),
+        key=lambda p: p.metadata.annotations["batch.kubernetes.io/job-completion-index"],
+    )
+    assert [p.status.phase for p in workers] == ["Succeeded", "Succeeded"], workers
+    assert {p.spec.node_name for p in workers} == {real_node.name}
+    ips = {ipaddress.ip_address(p.status.pod_ip) for p in workers}
+    assert len(ips) == 2 and all(ip in ipaddress.ip_network(real_node.pod_cidr) for ip in ips)
+    (start0, end0), (start1, end1) = (_running_window(p) for p in workers)
+    assert start1 < end0 and start0 < end1, "the two ranks did not run at the same time"
+    rank0_log = life.core.read_namespaced_pod_log(workers[0].metadata.name, life.namespace)
+    assert "resuming from" in rank0_log, rank0_log[-2000:]
+    assert "2 process(es)" in rank0_log, rank0_log[-2000:]
+
+
+def _deployment() -> dict[str, Any]:
+    deployment: dict[str, Any] = yaml.safe_load(
+        (ROOT / "deploy/samples/digits-deployment.yaml").read_text()
+    )
+    spec = deployment["spec"]
+    spec["resources"]["requests"]["cpu"] = "250m"
+    spec["autoscaling"].update(maxReplicas=2, targetCpuUtilization=50)
+    spec["rollout"] = {"progressDeadlineSeconds": 120}
+    return deployment
+
+
+def _ready(life: Lifecycle) -> dict[str, Any] | None:
+    md = life.get("modeldeployments")
+    conditions = {c["type"]: c for c in md.get("status", {}).get("conditions", [])}
+    return md if conditions.get("Ready", {}).get("status") == "True" else None
+
+
+def _infer(address: str, rows: np.ndarray) -> np.ndarray:
+    oip_client = oip.InferenceServerClient(address, connection_timeout=10, network_timeout=30)
+    metadata = oip_client.get_model_metadata(SERVING)
+    request = oip.InferInput(metadata["inputs"][0]["name"], list(rows.shape), "FP32")
+    request.set_data_from_numpy(rows, binary_data=True)
+    answer = oip_client.infer(SERVING, [request]).as_numpy(metadata["outputs"][0]["name"])
+    assert answer is not None
+    return answer
+
+
+def test_predictions_through_the_service_equal_onnx_runtime_on_the_artifact(
+    life: Lifecycle,
+) -> None:
+    assert life.result, "needs the training of the test before"
+    life.create("modeldeployments", _deployment())
+    wait_until(lambda: _ready(life), timeout=600, interval=2, what="the ModelDeployment Ready")
+
+    relative = life.result["modelUri"].removeprefix(f"pvc://{CLAIM}/")
+    artifact = life.claim_dir() / relative
+    rows = load_digits().data.astype(np.float32)
+    session = onnxruntime.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {session.get_inputs()[0].name: rows})[0]
+
+    served = _infer(life.service_address(), rows)
+    np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-5)
+
+
+@dataclass
+class ClientLoop:
+    """Requests through the Service, one after another, counting every failure."""
+
+    address: str
+    rows: np.ndarray
+    pause: float = 0.05
+    sent: int = 0
+    failures: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                _infer(self.address, self.rows)
+            except Exception as exc:  # every kind of failure counts
+                self.failures.append(f"{type(exc).__name__}: {exc}")
+            self.sent += 1
+            time.sleep(self.pause)
+
+
+def test_a_corrupted_model_is_rolled_back_while_the_old_pods_serve_every_request(
+    life: Lifecycle,
+) -> None:
+    assert _ready(life), "needs the deployment of the test before"
+    corrupt = life.claim_dir() / "corrupt/model.onnx"
+    corrupt.parent.mkdir(parents=True, exist_ok=True)
+    corrupt.write_bytes(b"not an ONNX model" * 64)
+    corrupt.parent.chmod(0o755)
+    corrupt.chmod(0o644)
+
+    loop = ClientLoop(life.service_address(), load_digits().data.astype(np.float32)[:16])
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    try:
+        life.custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            life.namespace,
+            "modeldeployments",
+            SERVING,
+            {"spec": {"model": {"fromTraining": None, "gate": None, "uri": CORRUPT_URI}}},
+        )
+
+        def rolled_back() -> dict[str, Any] | None:
+            md = life.get("modeldeployments")
+            conditions = {c["type"]: c for c in md.get("status", {}).get("conditions", [])}
+            return md if conditions.get("RolledBack", {}).get("status") == "True" else None
+
+        md = wait_until(rolled_back, timeout=400, interval=2, what="RolledBack")
+        wait_until(lambda: _ready(life), timeout=300, interval=2, what="Ready again")
+        time.sleep(3)  # the loop keeps going after the rollback too
+    finally:
+        loop.stop.set()
+        thread.join(timeout=60)
+    assert md["status"]["rejectedModel"]["uri"] == CORRUPT_URI
+    assert md["status"]["model"]["uri"] == life.result["modelUri"]
+    assert loop.sent > 20, loop.sent
+    assert loop.failures == [], f"{len(loop.failures)} of {loop.sent} failed: {loop.failures[:5]}"
+
+
+def test_the_hpa_scales_the_server_out_under_load(life: Lifecycle) -> None:
+    assert _ready(life), "needs the deployment of the tests before"
+    apps = client.AppsV1Api(life.api)
+    loops = [
+        ClientLoop(life.service_address(), load_digits().data.astype(np.float32)[:64], pause=0)
+        for _ in range(3)
+    ]
+    threads = [threading.Thread(target=loop.run, daemon=True) for loop in loops]
+    for thread in threads:
+        thread.start()
+    try:
+
+        def scaled_out() -> bool:
+            return (
+                apps.read_namespaced_deployment(SERVING, life.namespace).spec.replicas or 0
+            ) >= 2
+
+        wait_until(scaled_out, timeout=300, interval=3, what="the HPA to add a server pod")
+    finally:
+        for loop in loops:
+            loop.stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    hpa = client.AutoscalingV2Api(life.api).read_namespaced_horizontal_pod_autoscaler(
+        SERVING, life.namespace
+    )
+    assert hpa.status.desired_replicas >= 2, hpa.status
