@@ -373,8 +373,10 @@ def _handle_failure(run: _Run, job: Manifest, pods: list[Manifest]) -> None:
 def _running(run: _Run, job: Manifest, pods: list[Manifest]) -> None:
     status, spec = run.status, run.mt.spec
     _check_schedulable(run, pods)
-    running = sum((p.get("status") or {}).get("phase") == "Running" for p in pods)
-    if running < spec.workers:
+    phases = [(p.get("status") or {}).get("phase") for p in pods]
+    running = phases.count("Running")
+    # A rank that finished while rank 0 still exports is done, not pending: the gang started.
+    if running + phases.count("Succeeded") < spec.workers or not running:
         status.phase = "Pending"
         return
     if status.phase != "Running" and status.phase != "Exporting":

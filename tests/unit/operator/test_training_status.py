@@ -124,6 +124,15 @@ def test_all_workers_running_is_running() -> None:
     assert condition(p, "Running") == "True"
 
 
+def test_a_rank_that_finished_before_rank_zero_keeps_the_run_running() -> None:
+    # Rank 0 exports after the others have exited: the status must not go back to Pending.
+    done = {"exitCode": 0, "reason": "Completed"}
+    pods = [pod(1, 0), pod(1, 1, phase="Succeeded", ready=False, terminated=done)]
+    p = plan(training(running_status(phase="Exporting")), [job(1)], pods)
+    assert p.status.phase in ("Running", "Exporting")
+    assert condition(p, "Running") == "True"
+
+
 def test_a_failed_worker_restarts_the_gang_once_its_pods_are_gone() -> None:
     failure = TrainingFailure(exit_code=1, reason="PeerLost", message="rank 1 vanished", rank=0)
     pods = [
