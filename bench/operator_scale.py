@@ -436,7 +436,7 @@ def main() -> int:
         )
         p50 = histogram_quantile(after, "modelyard_reconcile_duration_seconds", 0.5)
         p99 = histogram_quantile(after, "modelyard_reconcile_duration_seconds", 0.99)
-        by_kind = {
+        latency = {
             (kind, q): kind_quantile(after, kind, q)
             for kind in ("ModelDeployment", "ModelTraining")
             for q in (0.5, 0.99)
@@ -492,8 +492,8 @@ def main() -> int:
     print(f"{'reconcile duration p50 / p99 (s)':40s} {p50:>12.3f} {p99:>9.3f} (goal p99 < 1)")
     for kind in ("ModelDeployment", "ModelTraining"):
         print(
-            f"{'  ' + kind + ' p50 / p99 (s)':40s} {by_kind[kind, 0.5]:>12.3f} "
-            f"{by_kind[kind, 0.99]:>9.3f}"
+            f"{'  ' + kind + ' p50 / p99 (s)':40s} {latency[kind, 0.5]:>12.3f} "
+            f"{latency[kind, 0.99]:>9.3f}"
         )
     print(
         f"{'queue wait, events p50 / p99 (s)':40s} {waits['event', 0.5]:>12.3f} "

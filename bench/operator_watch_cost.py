@@ -3,10 +3,12 @@
 kopf filters labels on the client side: a kopf watch on Deployments or Jobs receives, parses
 and drops every such object the operator may see. This bench creates N Deployments and N Jobs
 that are not the operator's (no modelyard label; Deployments with 0 replicas and suspended
-Jobs, so no pods) next to an idle operator, and reports what the operator spent on them: RSS,
-CPU seconds and bytes read from its sockets (/proc/PID/io rchar), against an idle window of the
-same length without them. Run it once per build to compare (--operator-source: the
-modelyard_operator package of another commit, e.g. from `git archive`).
+Jobs, so no pods) next to an idle operator, and reports what the operator spent on them: RSS and
+CPU seconds (/proc/PID/stat), against an idle window without them. (Bytes received are not
+reported: /proc/PID/io counts read(), not the recv() of sockets, and the API server's watch
+metrics do not tell one client from the controller-manager, which watches the same kinds.)
+Run it once per build to compare (--operator-source: the modelyard_operator package of another
+commit, e.g. from `git archive`).
 
     .venv/bin/python bench/operator_watch_cost.py --objects 1000
     git archive <commit> operator | tar -x -C /tmp/old
@@ -39,15 +41,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK  # utime + stime
 
 
-def bytes_read(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-        if line.startswith("rchar:"):
-            return int(line.split()[1])
-    return 0
-
-
-def snapshot(pid: int) -> tuple[float, float, int]:
-    return scale.rss_kib(pid, "VmRSS") / 1024, cpu_seconds(pid), bytes_read(pid)
+def snapshot(pid: int) -> tuple[float, float]:
+    return scale.rss_kib(pid, "VmRSS") / 1024, cpu_seconds(pid)
 
 
 def unrelated_deployment(name: str) -> dict[str, Any]:
@@ -160,10 +155,6 @@ def main() -> int:
     print(
         f"{'operator CPU in the window (s)':44s} {idle_end[1] - idle_start[1]:>12.1f} "
         f"{loaded_end[1] - idle_end[1]:>12.1f}"
-    )
-    print(
-        f"{'bytes read in the window (MiB)':44s} {(idle_end[2] - idle_start[2]) / 2**20:>12.2f} "
-        f"{(loaded_end[2] - idle_end[2]) / 2**20:>12.2f}"
     )
     print(f"{'peak RSS, VmHWM (MiB)':44s} {'':>12s} {hwm:>12.1f}")
     if not args.keep_cluster:

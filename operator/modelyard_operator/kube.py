@@ -117,8 +117,15 @@ class Kube:
             kube_config.load_incluster_config(client_configuration=configuration)
         except kube_config.ConfigException:
             kube_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        # Kept-alive connections for every thread that may call at once (reconcile workers,
+        # appliers, the Event sender) besides the long-lived watches: above httpx's default of
+        # 20, each extra call would pay a new TLS handshake.
+        limits = httpx.Limits(max_connections=100, max_keepalive_connections=64)
         http = httpx.Client(
-            base_url=configuration.host, verify=_tls_context(configuration), timeout=timeout
+            base_url=configuration.host,
+            verify=_tls_context(configuration),
+            timeout=timeout,
+            limits=limits,
         )
 
         def token() -> str | None:

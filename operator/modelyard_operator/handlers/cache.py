@@ -19,6 +19,7 @@ named read that misses asks the API server too: an object of that name without o
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -46,6 +47,7 @@ CACHED_KINDS: tuple[tuple[str, str], ...] = (
 # dropped from every other cached object: it is a good part of each object's size.
 KEEP_MANAGED_FIELDS = {"Deployment"}
 
+EVENT_BACKLOG = 10_000
 # (kind, "ADDED" | "MODIFIED" | "DELETED", object)
 Listener = Callable[[str, str, Manifest], None]
 
@@ -265,7 +267,9 @@ class _Expired(Exception):
 
 
 class CachedKube(Kube):
-    """A Kube whose reads of cached kinds come from the informers' stores."""
+    """The operator's client: reads of cached kinds come from the informers' stores, and
+    Events are posted by a thread of their own, so that a reconcile does not wait for them
+    (an Event is a report, never an input; one lost to a crash is no loss of state)."""
 
     def __init__(self, kube: Kube, listener: Listener, index_labels: Iterable[str]) -> None:
         super().__init__(kube.http, kube._token)
@@ -273,6 +277,29 @@ class CachedKube(Kube):
         self._index_labels = tuple(index_labels)
         self.stores: dict[str, Store] = {}
         self._informers: list[Informer] = []
+        self._events: queue.Queue[tuple[Manifest, str, str, str]] = queue.Queue(EVENT_BACKLOG)
+        self._event_thread: threading.Thread | None = None
+
+    def post_event(self, obj: Manifest, type_: str, reason: str, message: str) -> None:
+        if self._event_thread is None:
+            super().post_event(obj, type_, reason, message)
+            return
+        try:
+            self._events.put_nowait((obj, type_, reason, message))
+        except queue.Full:
+            log.warning("event backlog full: dropping %s for %s", reason, obj["metadata"]["name"])
+
+    def start_events(self) -> None:
+        self._event_thread = threading.Thread(target=self._send_events, name="events", daemon=True)
+        self._event_thread.start()
+
+    def _send_events(self) -> None:
+        while True:
+            obj, type_, reason, message = self._events.get()
+            try:
+                super().post_event(obj, type_, reason, message)
+            except Exception:  # the thread must outlive any one Event
+                log.exception("could not post event %s", reason)
 
     def start_informers(self, namespaces: Iterable[str], watch_timeout: int) -> None:
         scopes: list[str | None] = list(namespaces) or [None]

@@ -29,7 +29,7 @@ from modelyard_operator.builders.deployment import (
     is_autoscaled,
     service_url,
 )
-from modelyard_operator.handlers.common import write_status
+from modelyard_operator.handlers.common import for_each, write_status
 from modelyard_operator.kube import ApiError, Kube, manifest_path
 from modelyard_operator.settings import Settings
 from modelyard_operator.status.conditions import condition_is, set_condition
@@ -259,12 +259,15 @@ def _apply_children(
     wanted = [stamped(m) for m in children(md, model, settings, monitor)]
     if is_autoscaled(md) and live_deployment is not None and _owns_replicas(live_deployment):
         _hand_replicas_to_hpa(kube, live_deployment)
-    for manifest in wanted:
+
+    def apply(manifest: Manifest) -> None:
         # The Deployment was read by _observe (a miss there asked the API server already).
         known = (
             manifest["kind"] == "Deployment" and manifest["metadata"]["name"] == md.metadata.name
         )
         _apply_owned(kube, manifest, md.metadata.uid, live_deployment if known else _UNREAD)
+
+    for_each(apply, wanted)
     absent = set() if crd else {"ServiceMonitor"}
     _delete_unwanted(kube, md, {m["kind"] for m in wanted} | absent)
 

@@ -18,7 +18,7 @@ from modelyard_operator.builders.training import (
     progress_config_map_name,
     static_children,
 )
-from modelyard_operator.handlers.common import invalid_spec_status, write_status
+from modelyard_operator.handlers.common import for_each, invalid_spec_status, write_status
 from modelyard_operator.kube import Kube
 from modelyard_operator.settings import Settings
 from modelyard_operator.status.training import Observed, plan_training
@@ -54,8 +54,7 @@ def reconcile_training(
 
     children = [with_spec_hash(c) for c in static_children(mt, settings)]
     if plan.keep_children:
-        for manifest in children:
-            kube.apply_if_changed(manifest)
+        for_each(kube.apply_if_changed, children)
     else:
         _delete(kube, children)
     for job_name in plan.delete_jobs:

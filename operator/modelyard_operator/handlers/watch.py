@@ -111,6 +111,7 @@ def start(settings: kopf.OperatorSettings, **_: Any) -> None:
         training_index=index,
     )
     kube.start_informers(own.namespaces, own.watch_timeout_seconds)
+    kube.start_events()
     # Reconciles before the first lists would read every child from the API server instead.
     slow = kube.wait_synced(CACHE_SYNC_SECONDS)
     if slow:
