@@ -17,7 +17,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from tests.e2e.node_support import NODE_ENV, RealNode, read_node_env
-from tests.integration.support import KUBECONFIG, namespace_name, wait_until
+from tests.integration.support import KUBECONFIG, fresh_namespace, namespace_name
 
 E2E_DIR = Path(__file__).resolve().parent
 
@@ -62,29 +62,5 @@ def real_node(api: client.ApiClient) -> RealNode:
 
 @pytest.fixture
 def namespace(api: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
-    core = client.CoreV1Api(api)
-    name = namespace_name(request.node.name)
-    core.create_namespace(
-        client.V1Namespace(
-            metadata=client.V1ObjectMeta(name=name, labels={"modelyard.dev/test": "true"})
-        )
-    )
-
-    def has_default_sa() -> bool:
-        try:
-            core.read_namespaced_service_account("default", name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
-
-    wait_until(has_default_sa, timeout=30, what=f"ServiceAccount {name}/default")
-    try:
+    with fresh_namespace(api, namespace_name(request.node.name)) as name:
         yield name
-    finally:
-        try:
-            core.delete_namespace(name, propagation_policy="Background")
-        except ApiException as exc:
-            if exc.status != 404:
-                raise

@@ -29,7 +29,7 @@ from kubernetes.client.rest import ApiException
 from sklearn.datasets import load_digits
 
 from tests.e2e.node_support import RealNode
-from tests.integration.support import KUBECONFIG, ROOT, bin_dir, wait_until
+from tests.integration.support import KUBECONFIG, ROOT, bin_dir, fresh_namespace, wait_until
 
 GROUP, VERSION = "modelyard.dev", "v1alpha1"
 NAMESPACE = "e2e-lifecycle"
@@ -117,28 +117,25 @@ class Lifecycle:
 @pytest.fixture(scope="module")
 def life(api: client.ApiClient, operator: None) -> Iterator[Lifecycle]:
     core = client.CoreV1Api(api)
-    with_label = {"pod-security.kubernetes.io/enforce": "restricted"}
-    try:
+    try:  # left by an interrupted run
         core.delete_namespace(NAMESPACE)
         wait_until(lambda: _gone(core, NAMESPACE), timeout=120, what=f"old {NAMESPACE} gone")
     except ApiException as exc:
         if exc.status != 404:
             raise
-    core.create_namespace(
-        client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE, labels=with_label))
-    )
-    core.create_namespaced_persistent_volume_claim(
-        NAMESPACE,
-        client.V1PersistentVolumeClaim(
-            metadata=client.V1ObjectMeta(name=CLAIM),
-            spec=client.V1PersistentVolumeClaimSpec(
-                access_modes=["ReadWriteOnce"],
-                resources=client.V1VolumeResourceRequirements(requests={"storage": "1Gi"}),
+    restricted = {"pod-security.kubernetes.io/enforce": "restricted"}
+    with fresh_namespace(api, NAMESPACE, restricted):
+        core.create_namespaced_persistent_volume_claim(
+            NAMESPACE,
+            client.V1PersistentVolumeClaim(
+                metadata=client.V1ObjectMeta(name=CLAIM),
+                spec=client.V1PersistentVolumeClaimSpec(
+                    access_modes=["ReadWriteOnce"],
+                    resources=client.V1VolumeResourceRequirements(requests={"storage": "1Gi"}),
+                ),
             ),
-        ),
-    )
-    yield Lifecycle(api, NAMESPACE)
-    core.delete_namespace(NAMESPACE)
+        )
+        yield Lifecycle(api, NAMESPACE)
 
 
 def _gone(core: client.CoreV1Api, name: str) -> bool:

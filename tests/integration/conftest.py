@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 
 from tests.integration.support import (
     AUDIT_LOG,
@@ -29,10 +28,10 @@ from tests.integration.support import (
     Cluster,
     bin_dir,
     binaries_ready,
+    fresh_namespace,
     install_crds,
     is_up,
     namespace_name,
-    wait_until,
 )
 
 INTEGRATION_DIR = Path(__file__).resolve().parent
@@ -134,34 +133,8 @@ def api(cluster: Cluster) -> Iterator[client.ApiClient]:
 
 @pytest.fixture
 def namespace(api: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
-    core = client.CoreV1Api(api)
-    name = namespace_name(request.node.name)
-    core.create_namespace(
-        client.V1Namespace(
-            metadata=client.V1ObjectMeta(name=name, labels={"modelyard.dev/test": "true"})
-        )
-    )
-
-    def has_default_sa() -> bool:
-        # The ServiceAccount admission plugin rejects pods until the controller-manager
-        # has created the namespace's "default" ServiceAccount.
-        try:
-            core.read_namespaced_service_account("default", name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
-
-    wait_until(has_default_sa, timeout=30, what=f"ServiceAccount {name}/default")
-    try:
+    with fresh_namespace(api, namespace_name(request.node.name)) as name:
         yield name
-    finally:
-        try:
-            core.delete_namespace(name, propagation_policy="Background")
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
 
 
 @pytest.fixture(scope="session")

@@ -6,13 +6,14 @@ through the `kubernetes` client or the cached `kubectl` of the pinned version.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import secrets
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 
 import yaml
 from kubernetes import client, config
+from kubernetes.client.rest import ApiException
 
 ROOT = Path(__file__).resolve().parents[2]
 HACK = ROOT / "hack"
@@ -185,6 +187,39 @@ def install_crds(cluster: Cluster, directory: Path = CRDS_DIR) -> tuple[str, ...
 
 
 _NOT_DNS = re.compile(r"[^a-z0-9-]+")
+
+
+@contextlib.contextmanager
+def fresh_namespace(
+    api: client.ApiClient, name: str, labels: dict[str, str] | None = None
+) -> Iterator[str]:
+    """A namespace for one test (or module), ready for pods; deleted afterwards."""
+    core = client.CoreV1Api(api)
+    all_labels = {"modelyard.dev/test": "true", **(labels or {})}
+    core.create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=all_labels))
+    )
+
+    def has_default_sa() -> bool:
+        # The ServiceAccount admission plugin rejects pods until the controller-manager
+        # has created the namespace's "default" ServiceAccount.
+        try:
+            core.read_namespaced_service_account("default", name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    wait_until(has_default_sa, timeout=30, what=f"ServiceAccount {name}/default")
+    try:
+        yield name
+    finally:
+        try:
+            core.delete_namespace(name, propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
 
 def namespace_name(test_name: str) -> str:
