@@ -45,70 +45,10 @@ binary_of() {
 
 # ------------------------------------------------------------------ processes
 
-pid_of() { cat "$PID_DIR/$1.pid" 2>/dev/null || true; }
-
-# True when $2 is alive and really is our $1: its executable is the cached binary and its
-# command line points into this node directory (pids get reused).
-is_ours() {
-  local name="$1" pid="$2" cmdline
-  [[ -n "$pid" && -r "/proc/$pid/cmdline" ]] || return 1
-  cmdline="$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
-  [[ "$(head -n1 <<<"$cmdline")" == "$(binary_of "$name")" ]] || return 1
-  grep -qF -- "$NODE_DIR/" <<<"$cmdline"
-}
-
-running() { is_ours "$1" "$(pid_of "$1")"; }
-
-start_component() {
-  local name="$1"
-  shift
-  # setsid: a Ctrl-C in the shell that ran `up` must not take the node down.
-  setsid "$(binary_of "$name")" "$@" >"$LOG_DIR/$name.log" 2>&1 </dev/null &
-  printf '%s\n' "$!" >"$PID_DIR/$name.pid"
-}
-
-stop_component() {
-  local name="$1" pid i
-  pid="$(pid_of "$name")"
-  if is_ours "$name" "$pid"; then
-    # The whole process group: socat forks a child per connection.
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 150; i++)); do
-      is_ours "$name" "$pid" || break
-      sleep 0.1
-    done
-    if is_ours "$name" "$pid"; then
-      log "$name ($pid) ignored SIGTERM for 15s: SIGKILL"
-      kill -KILL "$pid" 2>/dev/null || true
-      sleep 0.2
-    fi
-    log "stopped $name ($pid)"
-  fi
-  rm -f "$PID_DIR/$name.pid"
-}
-
-die_with_log() {
-  local name="$1"
-  shift
-  log "ERROR: $*"
-  if [[ -f "$LOG_DIR/$name.log" ]]; then
-    log "last lines of $LOG_DIR/$name.log:"
-    tail -n 40 "$LOG_DIR/$name.log" >&2
-  fi
-  exit 1
-}
-
-# wait_for NAME TIMEOUT_S DESCRIPTION CMD...: poll CMD until it succeeds while NAME lives.
-wait_for() {
-  local name="$1" timeout="$2" what="$3" deadline
-  shift 3
-  deadline=$((SECONDS + timeout))
-  until "$@" >/dev/null 2>&1; do
-    running "$name" || die_with_log "$name" "$name exited while waiting for $what"
-    ((SECONDS < deadline)) || die_with_log "$name" "timed out after ${timeout}s waiting for $what"
-    sleep 0.3
-  done
-}
+# shellcheck disable=SC2034 # read by processes.sh
+PROCESS_HOME="$NODE_DIR"
+# shellcheck source=processes.sh
+source "$HACK_DIR/processes.sh"
 
 timed() { # timed LABEL CMD...: run CMD, log how long it took
   local label="$1" t=$SECONDS
