@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 .PHONY: install lint typecheck test test-unit test-integration crds demo demo-local kind-demo \
 	cluster-up cluster-down k8s-binaries bench-server bench-trainer bench-operator-scale images \
 	deploy-manifests node-binaries node-up node-down host-packages real-cluster-up \
-	real-cluster-down node-load-images test-e2e clean
+	real-cluster-down test-e2e clean
 
 $(UV):
 	hack/install-uv.sh
@@ -65,10 +65,8 @@ real-cluster-down:
 	$(REAL_CLUSTER) hack/node.sh down
 	$(REAL_CLUSTER) hack/cluster.sh down
 
-node-load-images: real-cluster-up images  ## the three images into the real node's containerd
-	$(REAL_CLUSTER) hack/node-images.sh docker $(IMAGES)
-
-test-e2e: install node-load-images  ## tests with real pods on the real cluster
+test-e2e: install real-cluster-up  ## tests with real pods on the real cluster
+	$(MAKE) images
 	$(REAL_CLUSTER) $(PY) -m pytest -m node tests/e2e $(PYTEST_ARGS)
 
 test-unit: install k8s-binaries  ## tests that need no cluster (helm and kubectl render the chart)
@@ -89,7 +87,8 @@ test: lint typecheck test-integration  ## the README's test command: lint, types
 bench-operator-scale: install  ## 1,000 ModelDeployments + 200 ModelTrainings (BENCH_ARGS to resize)
 	$(PY) bench/operator_scale.py $(BENCH_ARGS)
 
-demo: install node-load-images  ## the main job: a model's whole life on the real cluster
+demo: install real-cluster-up  ## the main job: a model's whole life on the real cluster
+	$(MAKE) images
 	$(PY) hack/demo.py --kubeconfig .cluster-real/kubeconfig --kubectl $(K8S_BIN)/kubectl \
 		--helm $(K8S_BIN)/helm
 
@@ -108,8 +107,10 @@ bench-trainer: install  ## trainer samples/s against a textbook PyTorch loop
 
 # BASE=local (the default here): a debootstrap base image, as no registry is reachable.
 BASE ?= local
-images: host-packages  ## modelyard/{operator,trainer,server} in the Docker engine
+images: host-packages  ## modelyard/{operator,trainer,server}; into the real node when it is up
 	hack/images.sh $(if $(BASE),--base $(BASE))
+	if [[ -S .cluster-real/node/run/containerd.sock ]]; then \
+		$(REAL_CLUSTER) hack/node-images.sh docker $(IMAGES); fi
 
 deploy-manifests: k8s-binaries  ## re-render deploy/default/modelyard.yaml from charts/modelyard
 	hack/render-deploy.sh
