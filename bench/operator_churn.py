@@ -53,7 +53,7 @@ def main() -> int:
     rng = random.Random(args.seed)
 
     print(f"starting the control plane in {scale.CLUSTER_DIR} ...", flush=True)
-    scale.cluster_sh("up")
+    scale.fresh_cluster()
     kubectl = bin_dir() / "kubectl"
     cluster = Cluster(
         scale.CLUSTER_DIR / "kubeconfig", kubectl.parent, scale.CLUSTER_DIR / "audit.log", True

@@ -95,6 +95,13 @@ def cluster_sh(*args: str, timeout: float = 300) -> str:
     ).stdout
 
 
+def fresh_cluster() -> None:
+    """A new, empty control plane: `up` alone keeps a running one, with the objects of an
+    earlier (perhaps crashed) run, which the operator would then reconcile and cache too."""
+    cluster_sh("down")
+    cluster_sh("up")
+
+
 # --------------------------------------------------------------------------- the objects
 
 
@@ -356,7 +363,7 @@ def main() -> int:
     args = parser.parse_args()
 
     print(f"starting the control plane in {CLUSTER_DIR} ...", flush=True)
-    cluster_sh("up")
+    fresh_cluster()
     kubectl = bin_dir() / "kubectl"
     cluster = Cluster(CLUSTER_DIR / "kubeconfig", kubectl.parent, CLUSTER_DIR / "audit.log", True)
     install_crds(cluster)

@@ -88,7 +88,7 @@ def main() -> int:
     args = parser.parse_args()
 
     print(f"starting the control plane in {scale.CLUSTER_DIR} ...", flush=True)
-    scale.cluster_sh("up")
+    scale.fresh_cluster()
     kubectl = bin_dir() / "kubectl"
     cluster = Cluster(
         scale.CLUSTER_DIR / "kubeconfig", kubectl.parent, scale.CLUSTER_DIR / "audit.log", True
