@@ -78,3 +78,17 @@ def test_managed_fields_are_dropped_but_ours_on_deployments() -> None:
     pods.put(obj("p", 1, managedFields=fields))
     pod = pods.get("ns", "p")
     assert pod is not None and "managedFields" not in pod["metadata"]
+
+
+def test_pod_templates_keep_their_metadata_only() -> None:
+    store = Store("Deployment", [None], [OWNER])
+    body = obj("a", 1)
+    body["spec"] = {
+        "replicas": 2,
+        "template": {"metadata": {"annotations": {"x": "y"}}, "spec": {"containers": []}},
+    }
+    store.put(body)
+    kept = store.get("ns", "a")
+    assert kept is not None
+    assert kept["spec"] == {"replicas": 2, "template": {"metadata": {"annotations": {"x": "y"}}}}
+    assert "spec" in body["spec"]["template"]  # the caller's object is left alone
