@@ -53,8 +53,12 @@ class Store(ABC):
     def delete(self, uri: str) -> None:
         """Remove the object at `uri`; no error when it is already gone."""
 
-    def publish_directory(self, source: Path, prefix: str, marker: str) -> list[str]:
+    def publish_directory(
+        self, source: Path, prefix: str, marker: str, skip_dirs: tuple[str, ...] = ()
+    ) -> list[str]:
         """Upload every file below `source` to `prefix`, `marker` (relative name) last.
+
+        Hidden files (temp files of atomic writes) and the top-level `skip_dirs` stay local.
 
         Readers that require the marker never see a partial directory: a single object
         write is atomic, and the marker is written only after everything else is in place.
@@ -62,7 +66,9 @@ class Store(ABC):
         names = sorted(
             str(path.relative_to(source))
             for path in source.rglob("*")
-            if path.is_file() and not path.name.startswith(".")
+            if path.is_file()
+            and not path.name.startswith(".")
+            and path.relative_to(source).parts[0] not in skip_dirs
         )
         if marker not in names:
             raise StorageError("Failed", f"cannot publish {source}: it has no {marker}")
