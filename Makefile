@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 .PHONY: install lint typecheck test test-unit test-integration crds demo demo-local kind-demo \
 	cluster-up cluster-down k8s-binaries bench-server bench-trainer bench-operator-scale images \
 	deploy-manifests node-binaries node-up node-down host-packages real-cluster-up \
-	real-cluster-down test-e2e clean
+	real-cluster-down test-e2e s3-server clean
 
 $(UV):
 	hack/install-uv.sh
@@ -69,10 +69,13 @@ test-e2e: install real-cluster-up  ## tests with real pods on the real cluster
 	$(MAKE) images
 	$(REAL_CLUSTER) $(PY) -m pytest -m node tests/e2e $(PYTEST_ARGS)
 
+s3-server:  ## the S3-compatible server of the storage tests (versitygw), built into the cache
+	hack/s3-server.sh
+
 test-unit: install k8s-binaries  ## tests that need no cluster (helm and kubectl render the chart)
 	$(PY) -m pytest -m "not cluster and not node" $(PYTEST_ARGS)
 
-test-integration: install k8s-binaries  ## unit tests and the kwok control plane, no real pods
+test-integration: install k8s-binaries s3-server  ## unit, kwok control plane, S3; no real pods
 	$(PY) -m pytest -m "not chaos and not node" $(PYTEST_ARGS)
 
 # The chaos tests restart an API server, so they get a control plane of their own.
