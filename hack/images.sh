@@ -103,5 +103,8 @@ for name in "${names[@]}"; do
   summary+=("$(printf '%-28s %6ds %8d MB' "$image" "$seconds" "$((bytes / 1000000))")")
 done
 
+# A rebuild leaves the previous image untagged (6 GB for the trainer): remove ours only.
+"$docker" image prune -f --filter "label=org.opencontainers.image.source=https://github.com/modelyard/modelyard" >/dev/null
+
 log "built on $base:"
 printf '%s\n' "${summary[@]}" >&2

@@ -67,6 +67,8 @@ import_archive() {
     --platform "linux/$(uname -m | sed 's/x86_64/amd64/;s/aarch64/arm64/')" "$file" >&2
 }
 
+pin() { ctr_ images label "$1" io.cri-containerd.pinned=pinned >/dev/null; }
+
 node_bins
 case "${1:-}" in
   build) build ;;
@@ -74,8 +76,10 @@ case "${1:-}" in
     build
     import_archive "$IMAGES_DIR/pause.tar"
     import_archive "$IMAGES_DIR/busybox.tar"
-    # The sandbox image must survive the kubelet's image garbage collection.
-    ctr_ images label "$PAUSE_IMAGE" io.cri-containerd.pinned=pinned >/dev/null
+    # Nothing imported can be pulled again: pinned, the kubelet never removes them, not even
+    # to reclaim disk space under pressure (it did, once, with the disk nearly full).
+    pin "$PAUSE_IMAGE"
+    pin "$BUSYBOX_IMAGE"
     ;;
   docker)
     shift
@@ -95,6 +99,13 @@ case "${1:-}" in
       docker save -o "$tmp" "$image"
       import_archive "$tmp"
       rm -f "$tmp"
+      pin "docker.io/$image"
+      # The image the name pointed to before keeps a reference by its id (the CRI's): drop
+      # it, or every new build leaves 6 GB behind on the node.
+      old="$(cat "$note" 2>/dev/null || true)"
+      if [[ -n "$old" && "$old" != "$id" ]]; then
+        "$CRICTL_BIN/crictl" --runtime-endpoint "unix://$CONTAINERD_ADDRESS" rmi "$old" >/dev/null 2>&1 || true
+      fi
       mkdir -p "${note%/*}"
       printf '%s\n' "$id" >"$note"
     done
