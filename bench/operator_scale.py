@@ -248,12 +248,16 @@ def delta(after: dict[Any, float], before: dict[Any, float], name: str, **labels
     return total(after, name, **labels) - total(before, name, **labels)
 
 
-def kind_quantile(samples: dict[Any, float], kind: str, q: float) -> float:
+def kind_quantile(
+    samples: dict[Any, float], kind: str | None, q: float, since: dict[Any, float] | None = None
+) -> float:
+    """A reconcile-duration quantile of one kind (None: both), over the samples taken since
+    `since` (None: since the start)."""
     name = "modelyard_reconcile_duration_seconds"
     picked = {
-        key: value
+        key: value - (since or {}).get(key, 0.0)
         for key, value in samples.items()
-        if key[0] == name + "_bucket" and dict(key[1]).get("kind") == kind
+        if key[0] == name + "_bucket" and kind in (None, dict(key[1]).get("kind"))
     }
     return histogram_quantile(picked, name, q)
 
@@ -468,6 +472,8 @@ def main() -> int:
         quiet_after = scrape(operator.metrics_port)
         quiet_reconciles = delta(quiet_after, quiet_before, "modelyard_reconciles_total")
         quiet_gets = delta(quiet_after, quiet_before, "modelyard_api_requests_total", method="GET")
+        quiet_p50 = kind_quantile(quiet_after, None, 0.5, quiet_before)
+        quiet_p99 = kind_quantile(quiet_after, None, 0.99, quiet_before)
         hwm = rss_kib(pid, "VmHWM")
     finally:
         operator.stop()
@@ -524,6 +530,7 @@ def main() -> int:
         f"{quiet_reconciles:>9.0f}"
     )
     print(f"{'GETs in the quiet window':40s} {quiet_gets:>12.0f}")
+    print(f"{'reconcile p50 / p99 in the quiet window':40s} {quiet_p50:>12.3f} {quiet_p99:>9.3f}")
     print(f"{'writes in the quiet window (goal 0)':40s} {len(quiet_writes):>12d}")
     for write in quiet_writes[:10]:
         print(f"    {write.verb} {write.resource}/{write.subresource} {write.name}")
