@@ -147,11 +147,15 @@ def _gone(core: client.CoreV1Api, name: str) -> bool:
 
 
 def _training() -> dict[str, Any]:
-    """The digits sample, sized for a 2-core node, with a checkpoint every 2 epochs."""
+    """The digits sample, sized for a 2-core node, with a checkpoint every 2 epochs and no
+    early stop: on an idle machine an epoch takes about a second, and the worker must still be
+    training when the test kills it."""
     training: dict[str, Any] = yaml.safe_load((ROOT / "deploy/samples/digits.yaml").read_text())
     spec = training["spec"]
     spec["resources"]["requests"]["cpu"] = "500m"
     spec["checkpoint"]["everyEpochs"] = 2
+    spec["training"]["epochs"] = 80
+    spec["training"]["earlyStopping"]["enabled"] = False
     return training
 
 
@@ -174,10 +178,16 @@ def test_ddp_on_two_pods_survives_a_killed_worker_and_resumes_from_its_checkpoin
 
     def past_first_checkpoint() -> bool:
         status = life.get("modeltrainings").get("status", {})
-        return status.get("attempt") == 1 and status.get("progress", {}).get("epoch", 0) >= 3
+        progress = status.get("progress", {})
+        return (
+            status.get("attempt") == 1
+            and progress.get("stage") == "Training"
+            and 3 <= progress.get("epoch", 0) <= 60
+        )
 
-    wait_until(past_first_checkpoint, timeout=900, interval=1, what="epoch 3 of attempt 1")
+    wait_until(past_first_checkpoint, timeout=900, interval=0.5, what="epoch 3 of attempt 1")
     [victim] = life.pods(f"job-name={TRAINING}-a1,batch.kubernetes.io/job-completion-index=1")
+    assert victim.status.phase == "Running", victim.status
     life.core.delete_namespaced_pod(victim.metadata.name, life.namespace, grace_period_seconds=0)
 
     wait_until(lambda: _phase(life), timeout=1200, interval=2, what="the training to succeed")
