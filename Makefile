@@ -5,7 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 
 .PHONY: install lint typecheck test test-unit test-integration crds demo demo-local kind-demo \
-	cluster-up cluster-down k8s-binaries bench-server bench-trainer bench-operator-scale images \
+	cluster-up cluster-down k8s-binaries bench-server bench-trainer bench-operator-scale \
+	bench-operator-churn bench-operator-watch-cost images \
 	deploy-manifests node-binaries node-up node-down host-packages real-cluster-up \
 	real-cluster-down test-e2e s3-server clean
 
@@ -100,6 +101,12 @@ demo-local: install  ## the same without Kubernetes: torchrun, the server, an OI
 
 kind-demo: install  ## the demo on a kind cluster (Docker, kind, kubectl, helm, internet)
 	hack/kind-demo.sh
+
+bench-operator-churn: install  ## operator RSS over a 10-minute create/update/delete churn
+	$(PY) bench/operator_churn.py $(BENCH_ARGS)
+
+bench-operator-watch-cost: install  ## what unrelated Deployments and Jobs cost the operator
+	$(PY) bench/operator_watch_cost.py $(BENCH_ARGS)
 
 bench-server: install  ## serving throughput against KServe, a naive server and raw ONNX Runtime
 	bench/server/make_venvs.sh

@@ -224,6 +224,8 @@ _claims = ClaimMemo()
 
 
 def _claim_exists(kube: Kube, settings: Settings, namespace: str, model: ServedModel) -> bool:
+    if not model.uri.startswith("pvc://"):
+        return True  # object storage: no claim to look for
     claim, _ = pvc_claim_and_path(model.uri)
     if _claims.fresh(namespace, claim, settings.resync_seconds):
         return True
