@@ -9,6 +9,7 @@ user's cluster would; each checks one promise of the issue. The images must be o
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import subprocess
 import threading
@@ -41,7 +42,17 @@ CORRUPT_URI = f"pvc://{CLAIM}/corrupt/model.onnx"
 
 
 def _images_present(api: client.ApiClient, node: RealNode) -> None:
-    for image in ("modelyard/operator", "modelyard/trainer", "modelyard/server"):
+    # The kubelet reports an image in the node's status some seconds after its import.
+    names = ("modelyard/operator", "modelyard/trainer", "modelyard/server")
+
+    def reported() -> bool:
+        images = client.CoreV1Api(api).read_node(node.name).status.images or []
+        listed = " ".join(name for image in images for name in image.names or [])
+        return all(name in listed for name in names)
+
+    with contextlib.suppress(TimeoutError):
+        wait_until(reported, timeout=120, interval=2, what="the images in the node's status")
+    for image in names:
         node.image_with(image, api)  # skips the module with the hint when missing
 
 
