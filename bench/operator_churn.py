@@ -32,7 +32,7 @@ from kubernetes.client.rest import ApiException
 from modelyard_operator.api.meta import GROUP, VERSION
 from modelyard_operator.kube import Kube
 from tests.integration.operator.kinds import Objects
-from tests.integration.support import Cluster, bin_dir, install_crds, wait_until
+from tests.integration.support import wait_until
 
 OPERATOR_USER = "modelyard-operator-churn"
 
@@ -52,13 +52,7 @@ def main() -> int:
     args = parser.parse_args()
     rng = random.Random(args.seed)
 
-    print(f"starting the control plane in {scale.CLUSTER_DIR} ...", flush=True)
-    scale.fresh_cluster()
-    kubectl = bin_dir() / "kubectl"
-    cluster = Cluster(
-        scale.CLUSTER_DIR / "kubeconfig", kubectl.parent, scale.CLUSTER_DIR / "audit.log", True
-    )
-    install_crds(cluster)
+    cluster = scale.fresh_cluster()
     api = cluster.api_client()
     admin = Kube.from_environment(str(cluster.kubeconfig))
     operator_kubeconfig = Path(

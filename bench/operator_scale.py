@@ -95,11 +95,17 @@ def cluster_sh(*args: str, timeout: float = 300) -> str:
     ).stdout
 
 
-def fresh_cluster() -> None:
-    """A new, empty control plane: `up` alone keeps a running one, with the objects of an
-    earlier (perhaps crashed) run, which the operator would then reconcile and cache too."""
+def fresh_cluster() -> Cluster:
+    """A new, empty control plane with the CRDs: `up` alone keeps a running one, with the
+    objects of an earlier (perhaps crashed) run, which the operator would then reconcile and
+    cache too."""
+    print(f"starting the control plane in {CLUSTER_DIR} ...", flush=True)
     cluster_sh("down")
     cluster_sh("up")
+    kubectl = bin_dir() / "kubectl"
+    cluster = Cluster(CLUSTER_DIR / "kubeconfig", kubectl.parent, CLUSTER_DIR / "audit.log", True)
+    install_crds(cluster)
+    return cluster
 
 
 # --------------------------------------------------------------------------- the objects
@@ -366,11 +372,8 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    print(f"starting the control plane in {CLUSTER_DIR} ...", flush=True)
-    fresh_cluster()
-    kubectl = bin_dir() / "kubectl"
-    cluster = Cluster(CLUSTER_DIR / "kubeconfig", kubectl.parent, CLUSTER_DIR / "audit.log", True)
-    install_crds(cluster)
+    cluster = fresh_cluster()
+    kubectl = cluster.bin_dir / "kubectl"
     api = cluster.api_client()
     admin = Kube.from_environment(str(cluster.kubeconfig))
     audit = AuditLog(cluster.audit_log, cluster.kubeconfig, kubectl)

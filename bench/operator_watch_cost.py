@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import operator_scale as scale
 from kubernetes import client
 
-from tests.integration.support import Cluster, bin_dir, install_crds, wait_until
+from tests.integration.support import wait_until
 
 OPERATOR_USER = "modelyard-operator-watch-cost"
 CLOCK = os.sysconf("SC_CLK_TCK")
@@ -87,13 +87,7 @@ def main() -> int:
     parser.add_argument("--keep-cluster", action="store_true")
     args = parser.parse_args()
 
-    print(f"starting the control plane in {scale.CLUSTER_DIR} ...", flush=True)
-    scale.fresh_cluster()
-    kubectl = bin_dir() / "kubectl"
-    cluster = Cluster(
-        scale.CLUSTER_DIR / "kubeconfig", kubectl.parent, scale.CLUSTER_DIR / "audit.log", True
-    )
-    install_crds(cluster)
+    cluster = scale.fresh_cluster()
     api = cluster.api_client()
     operator_kubeconfig = Path(
         scale.cluster_sh("user", OPERATOR_USER, "system:masters").split()[-1]
