@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from kubernetes import config as kube_config
 from kubernetes.client import Configuration
 
 from modelyard_operator.builders.common import FIELD_MANAGER, SPEC_HASH_ANNOTATION, Manifest
-from modelyard_operator.metrics import API_REQUESTS
+from modelyard_operator.metrics import API_REQUEST_SECONDS, API_REQUESTS
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +104,17 @@ def _tls_context(configuration: Configuration) -> ssl.SSLContext:
 
 
 class Kube:
-    """Synchronous API calls; safe to share between threads."""
+    """Synchronous API calls; safe to share between threads: each thread talks through an HTTP
+    client of its own. One shared connection pool made every call queue on the pool's lock
+    (held while it checks each kept-alive connection): with 16 threads calling at once, the
+    appliers spent a third of their time waiting for it."""
 
-    def __init__(self, http: httpx.Client, token: Callable[[], str | None]) -> None:
-        self.http = http
+    def __init__(self, connect: Callable[[], httpx.Client], token: Callable[[], str | None]):
+        self._connect = connect
         self._token = token
+        self._local = threading.local()
+        self._clients: list[httpx.Client] = []
+        self._clients_lock = threading.Lock()
 
     @classmethod
     def from_environment(cls, kubeconfig: str | None = None, timeout: float = 30.0) -> Kube:
@@ -117,16 +124,10 @@ class Kube:
             kube_config.load_incluster_config(client_configuration=configuration)
         except kube_config.ConfigException:
             kube_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-        # Kept-alive connections for every thread that may call at once (reconcile workers,
-        # appliers, the Event sender) besides the long-lived watches: above httpx's default of
-        # 20, each extra call would pay a new TLS handshake.
-        limits = httpx.Limits(max_connections=100, max_keepalive_connections=64)
-        http = httpx.Client(
-            base_url=configuration.host,
-            verify=_tls_context(configuration),
-            timeout=timeout,
-            limits=limits,
-        )
+        tls = _tls_context(configuration)
+
+        def connect() -> httpx.Client:
+            return httpx.Client(base_url=configuration.host, verify=tls, timeout=timeout)
 
         def token() -> str | None:
             # Refreshes a projected service-account token when the loader set a hook. The
@@ -137,10 +138,23 @@ class Kube:
             ) or configuration.get_api_key_with_prefix("authorization")
             return value
 
-        return cls(http, token)
+        return cls(connect, token)
+
+    @property
+    def http(self) -> httpx.Client:
+        """This thread's client (made on its first call)."""
+        client: httpx.Client | None = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = self._connect()
+            with self._clients_lock:
+                self._clients.append(client)
+        return client
 
     def close(self) -> None:
-        self.http.close()
+        with self._clients_lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            client.close()
 
     def _headers(self) -> dict[str, str]:
         headers = {"Accept": "application/json"}
@@ -176,7 +190,10 @@ class Kube:
             headers["Content-Type"] = content_type
             content = json.dumps(body)
         API_REQUESTS.labels(method).inc()
-        response = self.http.request(method, path, params=params, content=content, headers=headers)
+        with API_REQUEST_SECONDS.labels(method).time():
+            response = self.http.request(
+                method, path, params=params, content=content, headers=headers
+            )
         if response.status_code >= 400:
             raise self._error(response)
         return response.json() if response.content else None
@@ -332,6 +349,7 @@ class Kube:
             params={"fieldManager": FIELD_MANAGER},
             content_type="application/json-patch+json",
         )
+        self.observed_write(written)
         return written
 
     def post_event(self, obj: Manifest, type_: str, reason: str, message: str) -> None:

@@ -37,6 +37,15 @@ API_REQUESTS = Counter(
     "Requests to the API server by method (WATCH: a watch opened), answered or not.",
     ["method"],
 )
+API_REQUEST_SECONDS = Histogram(
+    "modelyard_api_request_duration_seconds",
+    "Time from sending a request to the API server until its answer was read, by method "
+    "(watches not included).",
+    ["method"],
+    buckets=(
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30,
+    ),
+)  # fmt: skip
 CACHED_OBJECTS = Gauge(
     "modelyard_cached_objects", "Children held in the operator's watch-fed cache.", ["kind"]
 )

@@ -280,7 +280,7 @@ def test_cluster_rbac_is_least_privilege(tools: Path) -> None:
     # Escalation prevention: the Roles it makes for trainers grant no verb it lacks.
     assert {"get", "patch", "update"} <= rules[("", "configmaps")]
     assert rules[("", "events")] == {"create"}
-    assert rules[("", "pods")] == {"list"}
+    assert rules[("", "pods")] == {"list", "watch"}
     assert rules[("modelyard.dev", "modeltrainings/status")] == {"patch"}
     binding = one(manifests, "ClusterRoleBinding")
     assert binding["subjects"] == [

@@ -66,16 +66,15 @@ lets nobody grant what it does not hold itself.
 - apiGroups: [modelyard.dev]
   resources: [modeltrainings/finalizers, modeldeployments/finalizers]
   verbs: [update]
-# list + watch on every child kind the operator creates: it caches its children (those
-# labelled app.kubernetes.io/managed-by=modelyard-operator, filtered by the API server) from
-# watches instead of reading them on every reconcile. Pods it only lists (from the API server's
-# watch cache).
+# list + watch on every child kind the operator creates, and on pods: it caches its children
+# and their pods (those labelled app.kubernetes.io/managed-by=modelyard-operator, filtered by
+# the API server) from watches instead of reading them on every reconcile.
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, delete]
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list]
+  verbs: [list, watch]
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, list, watch, create, patch, update, delete]

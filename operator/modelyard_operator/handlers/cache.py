@@ -1,13 +1,13 @@
-"""An in-memory cache of the operator's children, fed by watches that the API server filters.
+"""An in-memory cache of what the reconcilers read, so that a reconcile asks the API server
+for nothing it has seen already.
 
-A reconcile of an unchanged ModelDeployment used to read its Deployment (twice), Service, HPA,
-PDB and ServiceMonitor; a ModelTraining's read its Jobs, progress ConfigMap and six static
-children. Here those reads come from memory: one list and one watch per kind (and per watched
-namespace), with the label selector `app.kubernetes.io/managed-by=modelyard-operator` applied
-by the API server, so unrelated Deployments and Jobs in a watched namespace never reach the
-operator (kopf filters labels on the client side: its watches received, parsed and dropped
-every such object). Pods are not cached: they are listed per reconcile, from the API server's
-watch cache (resourceVersion=0), which keeps `watch` on pods out of the operator's RBAC.
+Children and their pods: one list and one watch per kind (and per watched namespace), with the
+label selector `app.kubernetes.io/managed-by=modelyard-operator` applied by the API server, so
+unrelated Deployments, Jobs and pods in a watched namespace never reach the operator (kopf
+filters labels on the client side: its watches received, parsed and dropped every such
+object). The custom resources themselves: kopf watches them already, and every event it
+delivers is put into a store here (`observed_custom_resource`), so a reconcile starts from
+memory too.
 
 What a reconcile writes is put into the cache at once (`observed_write`), so the next pass does
 not see the object as it was before its own write and write again. Reads fall back to the API
@@ -42,7 +42,10 @@ CACHED_KINDS: tuple[tuple[str, str], ...] = (
     ("networking.k8s.io/v1", "NetworkPolicy"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("policy/v1", "PodDisruptionBudget"),
+    ("v1", "Pod"),
 )
+# Watched by kopf, put into their stores from its events.
+CUSTOM_RESOURCE_KINDS = ("ModelDeployment", "ModelTraining")
 # Kinds whose managedFields a reconcile reads (who owns a Deployment's replicas); the field is
 # dropped from every other cached object: it is a good part of each object's size.
 KEEP_MANAGED_FIELDS = {"Deployment"}
@@ -62,9 +65,10 @@ def _version(obj: Manifest) -> int | None:
 
 def _slim(kind: str, obj: Manifest) -> Manifest:
     """What the reconcilers read of a cached object, to keep the cache small: managedFields
-    (but ours on Deployments: who owns `replicas`) and the pod spec of Deployment and Job
-    templates (the planners read the template's annotations, never its spec) are dropped. A
-    server Deployment is ~28 KiB in memory with both, ~5 KiB without."""
+    (but ours on Deployments: who owns `replicas`), the pod spec of Deployment and Job
+    templates (the planners read the template's annotations, never its spec) and the spec of
+    pods (the planners read their metadata and status) are dropped. A server Deployment is
+    ~28 KiB in memory with all, ~5 KiB without."""
     meta = obj.get("metadata") or {}
     if "managedFields" in meta:
         meta = dict(meta)
@@ -77,6 +81,8 @@ def _slim(kind: str, obj: Manifest) -> Manifest:
     if isinstance(template, dict) and "spec" in template:
         template = {k: v for k, v in template.items() if k != "spec"}
         obj = {**obj, "spec": {**spec, "template": template}}
+    if kind == "Pod":
+        obj = {k: v for k, v in obj.items() if k != "spec"}
     return obj
 
 
@@ -282,10 +288,14 @@ class CachedKube(Kube):
     (an Event is a report, never an input; one lost to a crash is no loss of state)."""
 
     def __init__(self, kube: Kube, listener: Listener, index_labels: Iterable[str]) -> None:
-        super().__init__(kube.http, kube._token)
+        super().__init__(kube._connect, kube._token)
         self._listener = listener
         self._index_labels = tuple(index_labels)
         self.stores: dict[str, Store] = {}
+        for kind in CUSTOM_RESOURCE_KINDS:
+            store = Store(kind, (), ())
+            store.synced.set()  # a miss asks the API server: a new or deleted object
+            self.stores[kind] = store
         self._informers: list[Informer] = []
         self._events: queue.Queue[tuple[Manifest, str, str, str]] = queue.Queue(EVENT_BACKLOG)
         self._event_thread: threading.Thread | None = None
@@ -364,15 +374,24 @@ class CachedKube(Kube):
     ) -> list[Manifest]:
         store = self._store(kind)
         if store is None or not namespace or not labels:
-            # Pods are not cached (the operator holds only `list` on them): the API server
-            # answers from its watch cache, so a list does not scan every pod in etcd.
             return super().list(api_version, kind, namespace, labels, from_cache=from_cache)
         return store.matching(namespace, labels)
 
+    def observed_custom_resource(self, event: str | None, obj: Manifest) -> None:
+        """An event of kopf's watch on our custom resources."""
+        store = self.stores[str(obj["kind"])]
+        meta = obj["metadata"]
+        if event == "DELETED":
+            store.remove(meta.get("namespace") or "", meta["name"])
+        else:
+            store.put(obj)
+
     def observed_write(self, obj: Manifest) -> None:
-        store = self.stores.get(str(obj.get("kind")))
+        kind = str(obj.get("kind"))
+        store = self.stores.get(kind)
         labels = (obj.get("metadata") or {}).get("labels") or {}
-        if store is not None and labels.get("app.kubernetes.io/managed-by") == MANAGED_BY:
+        ours = labels.get("app.kubernetes.io/managed-by") == MANAGED_BY
+        if store is not None and (ours or kind in CUSTOM_RESOURCE_KINDS):
             store.put(obj)
 
     def observed_delete(

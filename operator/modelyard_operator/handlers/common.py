@@ -1,10 +1,10 @@
 """Shared by both kinds: status written only when something changed; children applied side
-by side."""
+by side (and a ModelDeployment's status beside them)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -31,6 +31,11 @@ def for_each(action: Callable[[T], object], items: Iterable[T]) -> None:
         raise errors[0]
 
 
+def beside(action: Callable[..., T], *args: Any) -> Future[T]:
+    """`action(*args)` on an applier thread while the caller goes on."""
+    return _appliers.submit(action, *args)
+
+
 def normalized_status(body: Manifest, model: type[BaseModel]) -> dict[str, Any]:
     """The live status as our own model would write it, so that equal means unchanged."""
     try:
@@ -55,6 +60,15 @@ def write_status(
             return False
         raise
     return True
+
+
+def namespace_terminating(kube: Kube, namespace: str) -> bool:
+    """A namespace being deleted refuses new objects (403) while it deletes ours."""
+    try:
+        found = kube.request("GET", f"/api/v1/namespaces/{namespace}")
+    except ApiError as error:
+        return error.status == 404
+    return bool(found["metadata"].get("deletionTimestamp"))
 
 
 def invalid_spec_status(body: Manifest, message: str) -> dict[str, Any]:

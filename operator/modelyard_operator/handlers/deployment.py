@@ -29,7 +29,12 @@ from modelyard_operator.builders.deployment import (
     is_autoscaled,
     service_url,
 )
-from modelyard_operator.handlers.common import for_each, write_status
+from modelyard_operator.handlers.common import (
+    beside,
+    for_each,
+    namespace_terminating,
+    write_status,
+)
 from modelyard_operator.kube import ApiError, Kube, manifest_path
 from modelyard_operator.settings import Settings
 from modelyard_operator.status.conditions import condition_is, set_condition
@@ -145,23 +150,28 @@ def reconcile_deployment(
 
     observed = _observe(kube, settings, md)
     plan = plan_deployment(md, observed)
-    if plan.target is not None:
-        try:
+    # The planned status is written beside the children (a round trip less for a new object:
+    # the API server's latency is most of a reconcile); a refused child is reported by a
+    # second write.
+    written = beside(write_status, kube, body, _dumped(plan.status), ModelDeploymentStatus)
+    refusal = None
+    try:
+        if plan.target is not None:
             _apply_children(kube, settings, md, plan.target, observed.deployment)
-        except ChildError as error:
-            _report_child_error(md, plan, str(error))
-        except ApiError as error:
-            if error.status not in REFUSED:
-                raise  # conflicts, throttling, outages: the work queue retries with backoff
-            if _namespace_terminating(kube, namespace):
-                return None, None  # its deletion takes this object too; nothing to report
-            _report_child_error(md, plan, f"the API server refused a child: {error}")
-    write_status(
-        kube,
-        body,
-        plan.status.model_dump(by_alias=True, exclude_none=True),
-        ModelDeploymentStatus,
-    )
+    except ChildError as error:
+        refusal = str(error)
+    except ApiError as error:
+        if error.status not in REFUSED:
+            raise  # conflicts, throttling, outages: the work queue retries with backoff
+        if namespace_terminating(kube, namespace):
+            return None, None  # its deletion takes this object too; nothing to report
+        refusal = f"the API server refused a child: {error}"
+    finally:
+        written.result()
+    if refusal is not None:
+        _report_child_error(md, plan, refusal)
+        current = kube.get(API_VERSION, KIND, namespace, name) or body  # after the first write
+        write_status(kube, current, _dumped(plan.status), ModelDeploymentStatus)
     for event in plan.events:
         kube.post_event(body, event.type, event.reason, event.message)
 
@@ -177,7 +187,8 @@ def _observe(kube: Kube, settings: Settings, md: ModelDeployment) -> Observed:
         resolution=resolution,
         claim_found=resolution.model is None
         or _claim_exists(kube, settings, namespace, resolution.model),
-        deployment=kube.get("apps/v1", "Deployment", namespace, name),
+        # Ours or none: one of that name without our label stops the apply, not the plan.
+        deployment=kube.get_managed("apps/v1", "Deployment", namespace, name),
         pods=kube.list("v1", "Pod", namespace, {f"modelyard.dev/{KIND_LABEL}": name}),
         url=service_url(md, settings),
         now=datetime.now(UTC),
@@ -263,9 +274,11 @@ def _apply_children(
         _hand_replicas_to_hpa(kube, live_deployment)
 
     def apply(manifest: Manifest) -> None:
-        # The Deployment was read by _observe (a miss there asked the API server already).
+        # _observe found our Deployment already; a miss there is asked about here.
         known = (
-            manifest["kind"] == "Deployment" and manifest["metadata"]["name"] == md.metadata.name
+            live_deployment is not None
+            and manifest["kind"] == "Deployment"
+            and manifest["metadata"]["name"] == md.metadata.name
         )
         _apply_owned(kube, manifest, md.metadata.uid, live_deployment if known else _UNREAD)
 
@@ -353,15 +366,6 @@ def _delete_unwanted(kube: Kube, md: ModelDeployment, wanted_kinds: set[str]) ->
             kube.delete(api_version, kind, meta.namespace, meta.name)
 
 
-def _namespace_terminating(kube: Kube, namespace: str) -> bool:
-    """A namespace being deleted refuses new objects (403) while it deletes ours."""
-    try:
-        found = kube.request("GET", f"/api/v1/namespaces/{namespace}")
-    except ApiError as error:
-        return error.status == 404
-    return bool(found["metadata"].get("deletionTimestamp"))
-
-
 def _invalid_spec_status(body: Manifest, message: str) -> dict[str, Any]:
     """A spec that the API server accepted but our models refuse (e.g. an older CRD)."""
     live = body.get("status") or {}
@@ -378,6 +382,10 @@ def _invalid_spec_status(body: Manifest, message: str) -> dict[str, Any]:
         "observedGeneration": generation,
         "conditions": [c.model_dump(by_alias=True, exclude_none=True) for c in conditions],
     }
+
+
+def _dumped(status: ModelDeploymentStatus) -> dict[str, Any]:
+    return status.model_dump(by_alias=True, exclude_none=True)
 
 
 def _state(plan: Plan) -> str:

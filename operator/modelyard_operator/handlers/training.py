@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -18,10 +19,16 @@ from modelyard_operator.builders.training import (
     progress_config_map_name,
     static_children,
 )
-from modelyard_operator.handlers.common import for_each, invalid_spec_status, write_status
-from modelyard_operator.kube import Kube
+from modelyard_operator.handlers.common import (
+    beside,
+    for_each,
+    invalid_spec_status,
+    namespace_terminating,
+    write_status,
+)
+from modelyard_operator.kube import ApiError, Kube
 from modelyard_operator.settings import Settings
-from modelyard_operator.status.training import Observed, plan_training
+from modelyard_operator.status.training import Observed, Plan, plan_training
 from modelyard_trainer.config import format_validation_error
 from modelyard_trainer.contracts import PROGRESS_DATA_KEY, ProgressRecord
 
@@ -52,18 +59,18 @@ def reconcile_training(
     )
     plan = plan_training(mt, observed)
 
-    children = [with_spec_hash(c) for c in static_children(mt, settings)]
-    if plan.keep_children:
-        for_each(kube.apply_if_changed, children)
-    else:
-        _delete(kube, children)
-    for job_name in plan.delete_jobs:
-        kube.delete("batch/v1", "Job", namespace, job_name)
-    if plan.create_attempt is not None:
-        kube.create(job(mt, plan.create_attempt, settings))
-    write_status(
-        kube, body, plan.status.model_dump(by_alias=True, exclude_none=True), ModelTrainingStatus
-    )
+    # The status is written beside the children (a round trip less for a new object). A Job
+    # whose creation then fails costs an attempt number (the next pass starts the next
+    # attempt), never a second run of one attempt.
+    written = beside(write_status, kube, body, _dumped(plan.status), ModelTrainingStatus)
+    try:
+        _carry_out(kube, settings, mt, plan)
+    except ApiError as error:
+        if error.status == 403 and namespace_terminating(kube, namespace):
+            return None, None  # its deletion takes this object too
+        raise
+    finally:
+        written.result()
     for event in plan.events:
         kube.post_event(body, event.type, event.reason, event.message)
 
@@ -73,8 +80,24 @@ def reconcile_training(
     return min(again or settings.resync_seconds, settings.resync_seconds), plan.status.phase
 
 
+def _carry_out(kube: Kube, settings: Settings, mt: ModelTraining, plan: Plan) -> None:
+    children = [with_spec_hash(c) for c in static_children(mt, settings)]
+    if plan.keep_children:
+        for_each(kube.apply_if_changed, children)
+    else:
+        _delete(kube, children)
+    for job_name in plan.delete_jobs:
+        kube.delete("batch/v1", "Job", mt.metadata.namespace, job_name)
+    if plan.create_attempt is not None:
+        kube.create(job(mt, plan.create_attempt, settings))
+
+
+def _dumped(status: ModelTrainingStatus) -> dict[str, Any]:
+    return status.model_dump(by_alias=True, exclude_none=True)
+
+
 def _read_progress(kube: Kube, namespace: str, name: str) -> ProgressRecord | None:
-    config_map = kube.get("v1", "ConfigMap", namespace, progress_config_map_name(name))
+    config_map = kube.get_managed("v1", "ConfigMap", namespace, progress_config_map_name(name))
     text = ((config_map or {}).get("data") or {}).get(PROGRESS_DATA_KEY)
     if not text:
         return None

@@ -2,9 +2,12 @@
 concerns; the work queues run the reconcilers. No handler stores state on the objects, so the
 operator adds no finalizer and no annotation, and an unchanged object causes no write.
 
-kopf watches the two custom resources. The children are watched by the informers of
+kopf watches the two custom resources; each of its events also refreshes the object in the
+operator's cache. The children and their pods are watched by the informers of
 handlers/cache.py, filtered by label on the server: their Deployment and Job events, and the
-deletion of any child, enqueue the custom resource named in the child's labels."""
+deletion of any child, enqueue the custom resource named in the child's labels (pods wake no
+one: what matters of them shows in their Deployment's or Job's status, and every rollout or
+training that watches its pods polls)."""
 
 from __future__ import annotations
 
@@ -74,7 +77,7 @@ def _queue_for(kind: str, reconciler: Reconciler, kube: Kube, settings: Settings
 
 def child_changed(kind: str, event: str, obj: Manifest) -> None:
     """An informer's event: wake the custom resource that the child belongs to."""
-    if _runtime is None or (kind not in STATUS_KINDS and event != "DELETED"):
+    if _runtime is None or kind == "Pod" or (kind not in STATUS_KINDS and event != "DELETED"):
         return
     meta = obj.get("metadata") or {}
     labels = meta.get("labels") or {}
@@ -171,14 +174,14 @@ _seen = SeenSpecs()
 def _enqueue(
     queue: Callable[[Runtime], WorkQueue],
     kind: str,
-    event: str,
-    namespace: str | None,
-    name: str,
-    meta: Mapping[str, Any],
+    raw_event: Mapping[str, Any],
 ) -> None:
     if _runtime is None:
         return
-    key = (namespace or "", name)
+    event, obj = raw_event["type"], raw_event["object"]
+    _runtime.kube.observed_custom_resource(event, obj)
+    meta = obj["metadata"]
+    key = (meta.get("namespace") or "", meta["name"])
     if event == "DELETED":
         _seen.forget(kind, *key)
         queue(_runtime).forget(key)
@@ -187,17 +190,13 @@ def _enqueue(
 
 
 @kopf.on.event(GROUP, VERSION, "modeltrainings")
-def training_changed(
-    type: str, namespace: str | None, name: str, meta: Mapping[str, Any], **_: Any
-) -> None:
-    _enqueue(lambda r: r.trainings, "ModelTraining", type, namespace, name, meta)
+def training_changed(event: Mapping[str, Any], **_: Any) -> None:
+    _enqueue(lambda r: r.trainings, "ModelTraining", event)
 
 
 @kopf.on.event(GROUP, VERSION, "modeldeployments")
-def deployment_changed(
-    type: str, namespace: str | None, name: str, meta: Mapping[str, Any], **_: Any
-) -> None:
-    _enqueue(lambda r: r.deployments, "ModelDeployment", type, namespace, name, meta)
+def deployment_changed(event: Mapping[str, Any], **_: Any) -> None:
+    _enqueue(lambda r: r.deployments, "ModelDeployment", event)
 
 
 @kopf.on.event(GROUP, VERSION, "modeltrainings")

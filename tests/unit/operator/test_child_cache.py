@@ -1,11 +1,15 @@
-"""The children's cache store: versions only move forward, label index, relist diffs."""
+"""The operator's cache: versions only move forward, label index, relist diffs, slim objects,
+custom resources fed from kopf's events and from our own status writes."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import httpx
+
 from modelyard_operator.builders.common import FIELD_MANAGER
-from modelyard_operator.handlers.cache import Store
+from modelyard_operator.handlers.cache import CachedKube, Store
+from modelyard_operator.kube import Kube
 
 OWNER = "modelyard.dev/modeldeployment"
 
@@ -92,3 +96,43 @@ def test_pod_templates_keep_their_metadata_only() -> None:
     assert kept is not None
     assert kept["spec"] == {"replicas": 2, "template": {"metadata": {"annotations": {"x": "y"}}}}
     assert "spec" in body["spec"]["template"]  # the caller's object is left alone
+
+
+def test_pods_keep_their_metadata_and_status_only() -> None:
+    store = Store("Pod", [None], [OWNER])
+    body = {
+        **obj("p", 1),
+        "kind": "Pod",
+        "spec": {"containers": []},
+        "status": {"phase": "Running"},
+    }
+    store.put(body)
+    assert store.get("ns", "p") == {
+        "kind": "Pod",
+        "metadata": body["metadata"],
+        "status": {"phase": "Running"},
+    }
+
+
+def refused(request: httpx.Request) -> httpx.Response:
+    raise AssertionError(f"asked the API server: {request.method} {request.url}")
+
+
+def test_custom_resources_come_from_kopfs_events_and_our_status_writes() -> None:
+    http = httpx.Client(base_url="https://api.invalid", transport=httpx.MockTransport(refused))
+    kube = CachedKube(Kube(lambda: http, lambda: None), lambda *_: None, [OWNER])
+    md = {
+        "apiVersion": "modelyard.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "a", "namespace": "ns", "resourceVersion": "3"},
+        "spec": {"replicas": 1},
+    }
+    kube.observed_custom_resource(None, md)  # kopf's first list
+    assert kube.get("modelyard.dev/v1alpha1", "ModelDeployment", "ns", "a") == md
+    written = {**md, "metadata": {**md["metadata"], "resourceVersion": "4"}, "status": {"x": 1}}
+    kube.observed_write(written)  # what replace_status answered
+    kube.observed_custom_resource("MODIFIED", md)  # a late event of the older version
+    found = kube.get("modelyard.dev/v1alpha1", "ModelDeployment", "ns", "a")
+    assert found is not None and found["status"] == {"x": 1}
+    kube.observed_custom_resource("DELETED", written)
+    assert kube.stores["ModelDeployment"].get("ns", "a") is None
