@@ -239,9 +239,20 @@ class Kube:
     ) -> None:
         """Told of every object this client deleted."""
 
-    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> Manifest | None:
+    def get(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        name: str,
+        from_cache: bool = False,
+    ) -> Manifest | None:
+        """`from_cache`: the API server's watch cache may answer (a little behind etcd)."""
+        path = resource_path(api_version, kind, namespace, name)
         try:
-            found: Manifest = self.request("GET", resource_path(api_version, kind, namespace, name))
+            found: Manifest = self.request(
+                "GET", path, params={"resourceVersion": "0"} if from_cache else None
+            )
         except ApiError as error:
             if error.status == 404:
                 return None

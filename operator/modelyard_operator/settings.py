@@ -37,7 +37,7 @@ class Settings(BaseModel):
     cluster_domain: str = Field("cluster.local", description="DNS domain of the cluster.")
     metrics_port: int = Field(8080, ge=1, le=65535, description="Port of /metrics.")
     health_port: int = Field(8081, ge=1, le=65535, description="Port of /healthz (liveness).")
-    workers: int = Field(2, ge=1, le=64, description="Reconciles that run at once, per kind.")
+    workers: int = Field(1, ge=1, le=64, description="Reconciles that run at once, per kind.")
     watch_timeout_seconds: int = Field(
         300, ge=10, description="Server-side timeout of each watch, after which it is renewed."
     )

@@ -347,13 +347,24 @@ class CachedKube(Kube):
         store = self.stores.get(kind)
         return store if store is not None and store.synced.is_set() else None
 
-    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> Manifest | None:
+    def get(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        name: str,
+        from_cache: bool = False,
+    ) -> Manifest | None:
+        """From memory; a miss asks the API server. For a watched child kind the API server's
+        own watch cache answers (one of that name without our label: someone else's): it is as
+        recent as our watch, and cheaper than a read from etcd."""
         store = self._store(kind)
         if store is not None and namespace:
             found = store.get(namespace, name)
             if found is not None:
                 return found
-        return super().get(api_version, kind, namespace, name)
+        child = store is not None and kind not in CUSTOM_RESOURCE_KINDS
+        return super().get(api_version, kind, namespace, name, from_cache=from_cache or child)
 
     def get_managed(
         self, api_version: str, kind: str, namespace: str, name: str
