@@ -1,5 +1,5 @@
 """Shared by both kinds: status written only when something changed; children applied side
-by side (and a ModelDeployment's status beside them)."""
+by side, and the status beside them."""
 
 from __future__ import annotations
 
@@ -36,12 +36,15 @@ def beside(action: Callable[..., T], *args: Any) -> Future[T]:
     return _appliers.submit(action, *args)
 
 
+def dumped(model: BaseModel) -> dict[str, Any]:
+    """A status (or a part of one) as it is written: field aliases, no nulls."""
+    return model.model_dump(by_alias=True, exclude_none=True)
+
+
 def normalized_status(body: Manifest, model: type[BaseModel]) -> dict[str, Any]:
     """The live status as our own model would write it, so that equal means unchanged."""
     try:
-        return model.model_validate(body.get("status") or {}).model_dump(
-            by_alias=True, exclude_none=True
-        )
+        return dumped(model.model_validate(body.get("status") or {}))
     except ValueError:
         return {}
 
@@ -83,5 +86,5 @@ def invalid_spec_status(body: Manifest, message: str) -> dict[str, Any]:
         **live,
         "observedGeneration": generation,
         "phase": "Failed",
-        "conditions": [c.model_dump(by_alias=True, exclude_none=True) for c in conditions],
+        "conditions": [dumped(c) for c in conditions],
     }

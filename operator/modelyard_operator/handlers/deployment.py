@@ -31,6 +31,7 @@ from modelyard_operator.builders.deployment import (
 )
 from modelyard_operator.handlers.common import (
     beside,
+    dumped,
     for_each,
     namespace_terminating,
     write_status,
@@ -153,7 +154,7 @@ def reconcile_deployment(
     # The planned status is written beside the children (a round trip less for a new object:
     # the API server's latency is most of a reconcile); a refused child is reported by a
     # second write.
-    written = beside(write_status, kube, body, _dumped(plan.status), ModelDeploymentStatus)
+    written = beside(write_status, kube, body, dumped(plan.status), ModelDeploymentStatus)
     refusal = None
     try:
         if plan.target is not None:
@@ -171,7 +172,7 @@ def reconcile_deployment(
     if refusal is not None:
         _report_child_error(md, plan, refusal)
         current = kube.get(API_VERSION, KIND, namespace, name) or body  # after the first write
-        write_status(kube, current, _dumped(plan.status), ModelDeploymentStatus)
+        write_status(kube, current, dumped(plan.status), ModelDeploymentStatus)
     for event in plan.events:
         kube.post_event(body, event.type, event.reason, event.message)
 
@@ -380,12 +381,8 @@ def _invalid_spec_status(body: Manifest, message: str) -> dict[str, Any]:
     return {
         **live,
         "observedGeneration": generation,
-        "conditions": [c.model_dump(by_alias=True, exclude_none=True) for c in conditions],
+        "conditions": [dumped(c) for c in conditions],
     }
-
-
-def _dumped(status: ModelDeploymentStatus) -> dict[str, Any]:
-    return status.model_dump(by_alias=True, exclude_none=True)
 
 
 def _state(plan: Plan) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -21,6 +20,7 @@ from modelyard_operator.builders.training import (
 )
 from modelyard_operator.handlers.common import (
     beside,
+    dumped,
     for_each,
     invalid_spec_status,
     namespace_terminating,
@@ -62,7 +62,7 @@ def reconcile_training(
     # The status is written beside the children (a round trip less for a new object). A Job
     # whose creation then fails costs an attempt number (the next pass starts the next
     # attempt), never a second run of one attempt.
-    written = beside(write_status, kube, body, _dumped(plan.status), ModelTrainingStatus)
+    written = beside(write_status, kube, body, dumped(plan.status), ModelTrainingStatus)
     try:
         _carry_out(kube, settings, mt, plan)
     except ApiError as error:
@@ -90,10 +90,6 @@ def _carry_out(kube: Kube, settings: Settings, mt: ModelTraining, plan: Plan) ->
         kube.delete("batch/v1", "Job", mt.metadata.namespace, job_name)
     if plan.create_attempt is not None:
         kube.create(job(mt, plan.create_attempt, settings))
-
-
-def _dumped(status: ModelTrainingStatus) -> dict[str, Any]:
-    return status.model_dump(by_alias=True, exclude_none=True)
 
 
 def _read_progress(kube: Kube, namespace: str, name: str) -> ProgressRecord | None:
