@@ -1,10 +1,10 @@
 """Shared by both kinds: status written only when something changed; children applied side
-by side, and the status beside them."""
+by side."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -29,11 +29,6 @@ def for_each(action: Callable[[T], object], items: Iterable[T]) -> None:
     errors = [error for future in futures if (error := future.exception()) is not None]
     if errors:
         raise errors[0]
-
-
-def beside(action: Callable[..., T], *args: Any) -> Future[T]:
-    """`action(*args)` on an applier thread while the caller goes on."""
-    return _appliers.submit(action, *args)
 
 
 def dumped(model: BaseModel) -> dict[str, Any]:

@@ -30,7 +30,6 @@ from modelyard_operator.builders.deployment import (
     service_url,
 )
 from modelyard_operator.handlers.common import (
-    beside,
     dumped,
     for_each,
     namespace_terminating,
@@ -151,28 +150,20 @@ def reconcile_deployment(
 
     observed = _observe(kube, settings, md)
     plan = plan_deployment(md, observed)
-    # The planned status is written beside the children (a round trip less for a new object:
-    # the API server's latency is most of a reconcile); a refused child is reported by a
-    # second write.
-    written = beside(write_status, kube, body, dumped(plan.status), ModelDeploymentStatus)
-    refusal = None
-    try:
-        if plan.target is not None:
+    if plan.target is not None:
+        try:
             _apply_children(kube, settings, md, plan.target, observed.deployment)
-    except ChildError as error:
-        refusal = str(error)
-    except ApiError as error:
-        if error.status not in REFUSED:
-            raise  # conflicts, throttling, outages: the work queue retries with backoff
-        if namespace_terminating(kube, namespace):
-            return None, None  # its deletion takes this object too; nothing to report
-        refusal = f"the API server refused a child: {error}"
-    finally:
-        written.result()
-    if refusal is not None:
-        _report_child_error(md, plan, refusal)
-        current = kube.get(API_VERSION, KIND, namespace, name) or body  # after the first write
-        write_status(kube, current, dumped(plan.status), ModelDeploymentStatus)
+        except ChildError as error:
+            _report_child_error(md, plan, str(error))
+        except ApiError as error:
+            if error.status not in REFUSED:
+                raise  # conflicts, throttling, outages: the work queue retries with backoff
+            if namespace_terminating(kube, namespace):
+                return None, None  # its deletion takes this object too; nothing to report
+            _report_child_error(md, plan, f"the API server refused a child: {error}")
+    # After the children: a status never reports what is not done yet (RolledBack only once
+    # the Deployment serves the old model again).
+    write_status(kube, body, dumped(plan.status), ModelDeploymentStatus)
     for event in plan.events:
         kube.post_event(body, event.type, event.reason, event.message)
 

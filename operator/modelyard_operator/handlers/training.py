@@ -19,7 +19,6 @@ from modelyard_operator.builders.training import (
     static_children,
 )
 from modelyard_operator.handlers.common import (
-    beside,
     dumped,
     for_each,
     invalid_spec_status,
@@ -59,18 +58,14 @@ def reconcile_training(
     )
     plan = plan_training(mt, observed)
 
-    # The status is written beside the children (a round trip less for a new object). A Job
-    # whose creation then fails costs an attempt number (the next pass starts the next
-    # attempt), never a second run of one attempt.
-    written = beside(write_status, kube, body, dumped(plan.status), ModelTrainingStatus)
     try:
         _carry_out(kube, settings, mt, plan)
     except ApiError as error:
         if error.status == 403 and namespace_terminating(kube, namespace):
             return None, None  # its deletion takes this object too
         raise
-    finally:
-        written.result()
+    # After the children: the attempt it reports exists.
+    write_status(kube, body, dumped(plan.status), ModelTrainingStatus)
     for event in plan.events:
         kube.post_event(body, event.type, event.reason, event.message)
 
