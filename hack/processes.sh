@@ -23,7 +23,15 @@ start_component() {
   # setsid: a Ctrl-C in the shell that ran `up` must not take the processes down.
   # 8>&-: they must not inherit (and so hold) the lock of `up`.
   setsid "$(binary_of "$name")" "$@" >"$LOG_DIR/$name.log" 2>&1 </dev/null 8>&- &
-  printf '%s\n' "$!" >"$PID_DIR/$name.pid"
+  local pid=$! i
+  printf '%s\n' "$pid" >"$PID_DIR/$name.pid"
+  # Until the fork has exec'd the binary, /proc shows the shell's command line: `running`
+  # would call the component gone. Wait for the exec (or the process's end) here.
+  for ((i = 0; i < 100; i++)); do
+    is_ours "$name" "$pid" && return 0
+    kill -0 "$pid" 2>/dev/null || return 0 # ended: the caller's wait reports it
+    sleep 0.05
+  done
 }
 
 stop_component() {
