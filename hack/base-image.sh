@@ -4,13 +4,31 @@
 # imported with `docker import`. hack/images.sh --base local uses it.
 #
 # Usage: hack/base-image.sh [IMAGE]   (default modelyard/base:bookworm-python3.11)
-# Needs root, debootstrap and a running Docker engine. Environment: DEBIAN_MIRROR, DOCKER.
+# Needs root, debootstrap and a running Docker engine. Environment: DEBIAN_MIRROR (default: the
+# host's own bookworm mirror from its apt configuration), DOCKER.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 image="${1:-${MODELYARD_LOCAL_BASE:-modelyard/base:bookworm-python3.11}}"
-mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 docker="${DOCKER:-docker}"
+
+# The first archive URI that apt on this host uses for the suite `bookworm` (deb822 .sources
+# files first, then one-line sources.list entries): the mirror the host can reach.
+host_mirror() {
+  local sources=(/etc/apt/sources.list.d/*.sources) lists=(/etc/apt/sources.list /etc/apt/sources.list.d/*.list)
+  awk 'BEGIN { RS = ""; FS = "\n" }
+       { uri = ""; bookworm = 0
+         for (i = 1; i <= NF; i++) {
+           if ($i ~ /^URIs:/) { split($i, w, /[ \t]+/); uri = w[2] }
+           if ($i ~ /^Suites:/ && $i ~ /[ \t]bookworm([ \t]|$)/) bookworm = 1
+         }
+         if (uri != "" && bookworm) { print uri; exit } }' "${sources[@]}" 2>/dev/null | head -n1 |
+    grep . && return
+  awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i !~ /^\[/) { if ($(i + 1) == "bookworm") print $i; break } }' \
+    "${lists[@]}" 2>/dev/null | head -n1 | grep .
+}
+mirror="${DEBIAN_MIRROR:-$(host_mirror)}" ||
+  die "no bookworm mirror in the host's apt configuration: set DEBIAN_MIRROR"
 
 [[ "$(id -u)" -eq 0 ]] || die "debootstrap needs root"
 command -v debootstrap >/dev/null || die "debootstrap is not installed (apt-get install debootstrap)"
