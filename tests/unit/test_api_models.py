@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, NamedTuple
 
 import pytest
+from prometheus_client import generate_latest
 from pydantic import ValidationError
 
 from modelyard_operator.api import ModelDeployment, ModelTraining
+from modelyard_operator.api.deployment import CustomMetric, Gate
+from modelyard_server.metrics import ServerMetrics
 from modelyard_trainer.config import format_validation_error
+from modelyard_trainer.contracts import EvaluationMetrics
 from tests.conftest import SAMPLES, load_sample, with_changes
 
 TRAINING = load_sample("digits.yaml")
@@ -338,3 +343,18 @@ def test_snake_and_camel_case_are_one_field() -> None:
     dumped = camel.spec.model_dump(by_alias=True, exclude_unset=True)
     assert dumped["model"]["fromTraining"] == "digits"
     assert camel.spec.model.from_training == "digits"
+
+
+def test_the_custom_metric_default_is_a_metric_the_server_exports() -> None:
+    exported = generate_latest(ServerMetrics("m").registry).decode()
+    assert f"# TYPE {CustomMetric().name} gauge" in exported
+
+
+def test_the_gate_names_only_metrics_that_the_trainer_reports() -> None:
+    numbers = [n for n, f in EvaluationMetrics.model_fields.items() if f.annotation == float | None]
+    reported = EvaluationMetrics(**dict.fromkeys(numbers, 0.5)).headline().keys()
+    description = str(Gate.model_fields["metric"].description)
+    named = set(re.findall(r"\b[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b", description))
+    assert named <= reported, f"{named - reported} are never in a training result"
+    assert all(re.search(rf"\b{name}\b", description) for name in reported)
+    assert Gate.model_fields["metric"].default in reported
