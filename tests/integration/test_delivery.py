@@ -358,16 +358,19 @@ def test_admission_policy_refuses_host_path_volumes(
     with_host_path = [copy.deepcopy(training), copy.deepcopy(deployment)]
     for body in with_host_path:
         body["spec"]["pod"] = {"volumes": [{"name": "cache", "emptyDir": {}}, HOST_PATH]}
-    assert _dry_run_create(api, namespace, with_host_path[0]) == ""  # before the policy
+    ours = f"ValidatingAdmissionPolicy '{release}-modelyard-pod-overrides'"
     cluster.kubectl("apply", "-f", "-", stdin=rendered)
     try:
-        # The API server picks a new policy up from its informer, within a few seconds.
+        # The API server picks a new policy up from its informer, within a few seconds (and
+        # may still enforce one that another test has just deleted: name ours).
+        def refused_by_ours() -> str:
+            refusal = _dry_run_create(api, namespace, with_host_path[0])
+            return refusal if ours in refusal else ""
+
         refusal = wait_until(
-            lambda: _dry_run_create(api, namespace, with_host_path[0]),
-            timeout=30,
-            what="the policy to refuse a hostPath volume",
+            refused_by_ours, timeout=30, what="our policy to refuse a hostPath volume"
         )
-        assert POLICY_REFUSAL in refusal and "Forbidden" in refusal
+        assert POLICY_REFUSAL in refusal and '"reason":"Forbidden"' in refusal
         assert POLICY_REFUSAL in _dry_run_create(api, namespace, with_host_path[1])
         for body in (training, deployment):
             with_volume = copy.deepcopy(body)
