@@ -283,3 +283,19 @@ def test_every_cel_twin_has_a_case_that_both_refuse() -> None:
         assert len(matches) == 1, f"{case.fragment!r} matches {matches}"
         covered.add(matches[0])
     assert twins - covered == set(), "CEL twins without a case in test_api_models.CROSS_FIELD"
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.kind)
+def test_spec_pod_has_no_privileged_settings(kind: Any) -> None:
+    """The chart's admission policy judges only volumes (hostPath), because spec.pod can ask
+    for nothing else that reaches the node: a field added here must be judged there too."""
+    spec = crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    pod = spec["properties"]["pod"]
+    assert "x-kubernetes-preserve-unknown-fields" not in pod
+    node_level = {"securityContext", "hostNetwork", "hostPID", "hostIPC", "hostUsers"}
+    node_level |= {"privileged", "capabilities", "allowPrivilegeEscalation", "initContainers"}
+    assert not node_level & set(pod["properties"])
+    assert set(pod["properties"]) == {
+        "image", "imagePullPolicy", "imagePullSecrets", "env", "volumes", "volumeMounts",
+        "serviceAccountName", "labels", "annotations",
+    }  # fmt: skip
