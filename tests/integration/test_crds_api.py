@@ -3,6 +3,7 @@ server itself (schema and CEL) with the field named, kubectl shows and explains 
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -12,7 +13,15 @@ from kubernetes import client
 from modelyard_operator.api.meta import GROUP, VERSION
 from tests.conftest import SAMPLES, load_sample, with_changes
 from tests.integration.support import Cluster
-from tests.unit.test_api_models import BAD_DEPLOYMENTS, BAD_TRAININGS, DEPLOYMENT, TRAINING
+from tests.unit.test_api_models import (
+    BAD_DEPLOYMENTS,
+    BAD_TRAININGS,
+    CROSS_FIELD,
+    DEPLOYMENT,
+    GOOD_CROSS_FIELD,
+    TRAINING,
+    CrossField,
+)
 
 PLURALS = {"ModelTraining": "modeltrainings", "ModelDeployment": "modeldeployments"}
 TOO_LONG_NAME = ({"metadata.name": "a" * 41}, "at most 40 characters")
@@ -55,6 +64,27 @@ def test_the_api_server_rejects_bad_objects_naming_the_field(
     assert rejected.value.status in (400, 422)
     # The API server writes list indexes as [0] where pydantic writes .0.
     assert re.sub(r"\.(\d+)\.", r"[\1].", fragment) in str(rejected.value.body)
+
+
+@pytest.mark.parametrize("case", CROSS_FIELD, ids=lambda c: c.fragment)
+def test_the_api_server_refuses_each_cross_field_rule_at_its_field(
+    api: client.ApiClient, namespace: str, case: CrossField
+) -> None:
+    """The CEL twin of each pydantic cross-field check, enforced by the API server itself."""
+    with pytest.raises(client.ApiException) as rejected:
+        _create(api, namespace, with_changes(case.base, case.changes), dry_run=True)
+    assert rejected.value.status == 422
+    causes = json.loads(rejected.value.body)["details"]["causes"]
+    assert any(
+        c.get("field") == case.field and case.fragment in c.get("message", "") for c in causes
+    ), causes
+
+
+@pytest.mark.parametrize(("base", "changes"), GOOD_CROSS_FIELD)
+def test_the_api_server_accepts_specs_near_the_cross_field_rules(
+    api: client.ApiClient, namespace: str, base: dict[str, Any], changes: dict[str, Any]
+) -> None:
+    _create(api, namespace, with_changes(base, changes), dry_run=True)
 
 
 def test_kubectl_shows_printer_columns_and_explains_fields(

@@ -19,7 +19,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from modelyard_operator.api.meta import GROUP
+from modelyard_operator.api.meta import GROUP, VERSION
 from tests.conftest import ROOT, load_sample
 from tests.integration.operator.conftest import OperatorProcess
 from tests.integration.operator.kinds import Objects
@@ -55,13 +55,17 @@ def helm(cluster: Cluster, *args: str, timeout: float = 180) -> subprocess.Compl
     return result
 
 
-def template_text(cluster: Cluster, release: str, namespace: str, *sets: str) -> str:
+def template_text(
+    cluster: Cluster, release: str, namespace: str, *sets: str, show_only: str | None = None
+) -> str:
     # The API server's own version (a helm built by `go install` defaults to v1.20).
     version = json.loads(cluster.kubectl("version", "-o", "json").stdout)["serverVersion"]
     args = ["template", release, str(CHART), "--namespace", namespace]
     args += ["--kube-version", version["gitVersion"]]
     for item in sets:
         args += ["--set", item]
+    if show_only:
+        args += ["--show-only", show_only]
     return helm(cluster, *args).stdout
 
 
@@ -318,6 +322,85 @@ def test_helm_install_test_upgrade_uninstall(
     assert apps.list_namespaced_deployment(namespace).items == []
     # The CRDs stay: uninstalling the operator must not delete users' models.
     assert cluster.kubectl("get", f"crd/modeltrainings.{GROUP}").returncode == 0
+
+
+# ------------------------------------------------------------------- admission policy
+
+HOST_PATH = {"name": "node", "hostPath": {"path": "/", "type": "Directory"}}
+POLICY_REFUSAL = "spec.pod.volumes: hostPath volumes are not allowed (Modelyard admission policy)"
+
+
+def _dry_run_create(api: client.ApiClient, namespace: str, body: Manifest) -> str:
+    """'' when the API server would create `body`, else its refusal."""
+    plural = {"ModelTraining": "modeltrainings", "ModelDeployment": "modeldeployments"}
+    try:
+        client.CustomObjectsApi(api).create_namespaced_custom_object(
+            GROUP, VERSION, namespace, plural[body["kind"]], body, dry_run="All"
+        )
+    except ApiException as error:
+        return str(error.body)
+    return ""
+
+
+def test_admission_policy_refuses_host_path_volumes(
+    cluster: Cluster, api: client.ApiClient, namespace: str
+) -> None:
+    """The chart's ValidatingAdmissionPolicy, as rendered, in the API server (CEL, no webhook)."""
+    release = f"vap-{secrets.token_hex(2)}"
+    rendered = template_text(
+        cluster, release, namespace, show_only="templates/admission-policy.yaml"
+    )
+    assert {m["kind"] for m in documents(rendered)} == {
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    }
+    training, deployment = load_sample("iris.yaml"), load_sample("pinned-model-deployment.yaml")
+    with_host_path = [copy.deepcopy(training), copy.deepcopy(deployment)]
+    for body in with_host_path:
+        body["spec"]["pod"] = {"volumes": [{"name": "cache", "emptyDir": {}}, HOST_PATH]}
+    ours = f"ValidatingAdmissionPolicy '{release}-modelyard-pod-overrides'"
+    cluster.kubectl("apply", "-f", "-", stdin=rendered)
+    try:
+        # The API server picks a new policy up from its informer, within a few seconds (and
+        # may still enforce one that another test has just deleted: name ours).
+        def refused_by_ours() -> str:
+            refusal = _dry_run_create(api, namespace, with_host_path[0])
+            return refusal if ours in refusal else ""
+
+        refusal = wait_until(
+            refused_by_ours, timeout=30, what="our policy to refuse a hostPath volume"
+        )
+        assert POLICY_REFUSAL in refusal and '"reason":"Forbidden"' in refusal
+        assert POLICY_REFUSAL in _dry_run_create(api, namespace, with_host_path[1])
+        for body in (training, deployment):
+            with_volume = copy.deepcopy(body)
+            with_volume["spec"]["pod"] = {"volumes": [{"name": "cache", "emptyDir": {}}]}
+            assert _dry_run_create(api, namespace, body) == ""
+            assert _dry_run_create(api, namespace, with_volume) == ""
+        # A stored object is still judged when its spec changes, never for metadata alone.
+        custom = client.CustomObjectsApi(api)
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, "modeltrainings", training
+        )
+        with pytest.raises(ApiException, match="hostPath volumes are not allowed"):
+            custom.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                "modeltrainings",
+                "iris",
+                {"spec": {"pod": {"volumes": [HOST_PATH]}}},
+            )
+        custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "modeltrainings",
+            "iris",
+            {"metadata": {"labels": {"team": "ml"}}},
+        )
+    finally:
+        cluster.kubectl("delete", "--ignore-not-found", "-f", "-", stdin=rendered)
 
 
 # ------------------------------------------------------------ ServiceAccount permissions

@@ -33,6 +33,7 @@ K8S_VERSION = next(
     for line in (ROOT / "hack" / "versions.env").read_text().splitlines()
     if line.startswith("K8S_VERSION=")
 )
+ADMISSION_KINDS = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
 # Kinds in kube.PLURALS that the operator never calls (kept for completeness of the table).
 UNUSED_PLURALS = {"replicasets"}
 
@@ -141,14 +142,15 @@ def test_default_render_has_what_the_operator_needs(tools: Path) -> None:
     manifests = render(tools)
     kinds = sorted(m["kind"] for m in manifests)
     roles = ["ClusterRole"] * 4  # the operator's, and admin/edit/view for people
+    cluster_scoped = ["ClusterRoleBinding", *ADMISSION_KINDS]
     assert kinds == sorted(
-        [*roles, "ClusterRoleBinding", "ServiceAccount", "Service", "Deployment", "Job"]
+        [*roles, *cluster_scoped, "ServiceAccount", "Service", "Deployment", "Job"]
     )
     for manifest in manifests:
         labels = manifest["metadata"]["labels"]
         assert labels["app.kubernetes.io/instance"] == RELEASE
         assert labels["app.kubernetes.io/part-of"] == "modelyard"
-        if manifest["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+        if manifest["kind"] not in ("ClusterRole", *cluster_scoped):
             assert manifest["metadata"]["namespace"] == NAMESPACE
 
 
@@ -390,6 +392,38 @@ def test_helm_test_hook_checks_the_operator_through_its_service(tools: Path) -> 
     assert f"http://{service}.{NAMESPACE}.svc:8080/metrics" in script
     compile(script, "helm-test", "exec")  # the embedded program is valid Python
     assert not find(render(tools, "tests.enabled=false"), "Job")
+
+
+# ----------------------------------------------------------------- admission policy
+
+
+def test_admission_policy_judges_spec_pod_of_both_kinds(tools: Path) -> None:
+    manifests = render(tools)
+    policy = one(manifests, "ValidatingAdmissionPolicy")
+    binding = one(manifests, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert "matchResources" not in binding["spec"]  # every namespace
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    [rule] = spec["matchConstraints"]["resourceRules"]
+    assert rule["apiGroups"] == ["modelyard.dev"]
+    assert sorted(rule["resources"]) == sorted(k.plural for k in KINDS)
+    assert sorted(rule["operations"]) == ["CREATE", "UPDATE"]
+    assert [v["expression"] for v in spec["validations"]] == [
+        "variables.volumes.all(v, !has(v.hostPath))"
+    ]
+    scoped = one(
+        render(tools, "watchNamespaces={team-a,team-b}"), "ValidatingAdmissionPolicyBinding"
+    )
+    [selector] = scoped["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"]
+    assert selector == {
+        "key": "kubernetes.io/metadata.name",
+        "operator": "In",
+        "values": ["team-a", "team-b"],
+    }
+    off = render(tools, "admissionPolicy.enabled=false")
+    assert not [m for m in off if m["kind"] in ADMISSION_KINDS]
 
 
 # ------------------------------------------------------------------ deploy/ (kustomize)

@@ -45,9 +45,16 @@ class _Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
 
-def _cel_rules(*rules: tuple[str, str]) -> ConfigDict:
-    """The model validator's checks as CEL rules, so that the API server enforces them too."""
-    entries: list[JsonValue] = [{"rule": rule, "message": message} for rule, message in rules]
+_CEL_KEYS = ("rule", "message", "fieldPath", "reason")
+
+
+def _cel_rules(*rules: tuple[str, ...]) -> ConfigDict:
+    """The model validator's checks as CEL rules, so that the API server enforces them too.
+
+    Each rule is (rule, message[, fieldPath[, reason]]): fieldPath makes the API server name
+    the field, reason picks its error type (FieldValueRequired, FieldValueForbidden, ...).
+    """
+    entries: list[JsonValue] = [dict(zip(_CEL_KEYS, rule, strict=False)) for rule in rules]
     return ConfigDict(json_schema_extra={"x-kubernetes-validations": entries})
 
 
@@ -58,6 +65,18 @@ class ModelConfig(_Model):
         (
             "self.architecture == 'custom' ? has(self.entrypoint) : !has(self.entrypoint)",
             "entrypoint is required when architecture is 'custom', and only allowed then",
+        ),
+        (
+            "self.architecture == 'custom' || !has(self.entrypointArgs) || "
+            "self.entrypointArgs.size() == 0",
+            "entrypointArgs is only allowed when architecture is 'custom'",
+            ".entrypointArgs",
+            "FieldValueForbidden",
+        ),
+        (
+            "self.kernelSize % 2 == 1",
+            "kernelSize must be odd so that padding keeps the image size",
+            ".kernelSize",
         ),
     )
 
@@ -125,6 +144,31 @@ class ModelConfig(_Model):
 
 class SyntheticData(_Model):
     """A seeded synthetic data set (scikit-learn make_classification / make_regression)."""
+
+    model_config = _cel_rules(
+        (
+            "self.informative <= self.features",
+            "informative must not exceed features",
+            ".informative",
+        ),
+        (
+            "self.task != 'classification' || self.noise <= 1.0",
+            "noise is a fraction of flipped labels for classification: <= 1",
+            ".noise",
+        ),
+        (
+            "self.task != 'classification' || self.classes <= self.samples / 2",
+            "classes must be at most half of samples",
+            ".classes",
+        ),
+        (
+            # CEL has no power operator: 2**informative by lookup, and classes <= 1000 < 2**10.
+            "self.task != 'classification' || self.informative >= 10 || "
+            "self.classes <= [1, 2, 4, 8, 16, 32, 64, 128, 256, 512][self.informative]",
+            "classification needs 2**informative >= classes",
+            ".classes",
+        ),
+    )
 
     task: SyntheticTask = Field(
         default="classification", description="Kind of target: class labels or real values."
@@ -291,6 +335,18 @@ class DataConfig(_Model):
             "has(self.source) && has(self.source.uri) ? has(self.target) : !has(self.target)",
             "target is required when source.uri is set, and only allowed then",
         ),
+        (
+            "!has(self.features) || self.features.size() == 0 || "
+            "(has(self.source) && has(self.source.uri))",
+            "features is only allowed with source.uri",
+            ".features",
+            "FieldValueForbidden",
+        ),
+        (
+            "!has(self.target) || !has(self.features) || !(self.target in self.features)",
+            "features must not contain the target column",
+            ".features",
+        ),
     )
 
     source: DataSource = Field(default_factory=_default_source, description="Where rows come from.")
@@ -330,6 +386,12 @@ class Optimizer(_Model):
         (
             "!self.nesterov || (self.name == 'sgd' && self.momentum > 0.0)",
             "nesterov needs name 'sgd' and momentum > 0",
+        ),
+        (
+            "self.momentum == 0.0 || self.name == 'sgd'",
+            "momentum only applies to name 'sgd'",
+            ".momentum",
+            "FieldValueForbidden",
         ),
     )
 
@@ -397,6 +459,12 @@ class TrainingConfig(_Model):
         (
             "!has(self.schedule) || self.schedule.warmupEpochs < self.epochs",
             "schedule.warmupEpochs must be less than epochs",
+        ),
+        (
+            "!has(self.earlyStopping) || self.earlyStopping.metric != 'val_accuracy' || "
+            "self.loss != 'mse'",
+            "earlyStopping.metric 'val_accuracy' needs loss 'cross_entropy'",
+            ".earlyStopping.metric",
         ),
     )
 
@@ -493,6 +561,32 @@ class ExportConfig(_Model):
 
 class TrainerConfig(_Model):
     """Everything the trainer needs; embedded in the ModelTraining spec."""
+
+    # A missing data block means builtin iris (classification), a missing split 0.15 validation.
+    model_config = _cel_rules(
+        (
+            "!has(self.training) || self.training.loss != 'mse' || "
+            "(has(self.data) && has(self.data.source) && !has(self.data.source.builtin))",
+            "training.loss 'mse' is for regression, but data.source.builtin is a classification "
+            "data set",
+            ".training.loss",
+        ),
+        (
+            "!has(self.data) || !has(self.data.source) || !has(self.data.source.synthetic) || "
+            "self.data.source.synthetic.task == "
+            "(has(self.training) && self.training.loss == 'mse' ? 'regression' : 'classification')",
+            "training.loss does not fit data.source.synthetic.task: 'mse' is for regression, "
+            "'cross_entropy' for classification",
+            ".data.source.synthetic.task",
+        ),
+        (
+            "!has(self.training) || !has(self.training.earlyStopping) || "
+            "!self.training.earlyStopping.enabled || !has(self.data) || !has(self.data.split) || "
+            "self.data.split.validation > 0.0",
+            "training.earlyStopping needs data.split.validation > 0",
+            ".training.earlyStopping.enabled",
+        ),
+    )
 
     model: ModelConfig = Field(default_factory=ModelConfig, description="The network.")
     data: DataConfig = Field(default_factory=DataConfig, description="Data and preprocessing.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from modelyard_operator.api.meta import (
     ApiModel,
@@ -14,11 +14,13 @@ from modelyard_operator.api.meta import (
     ResourceRequirements,
     Scheduling,
     cel,
+    needs_s3,
 )
 from modelyard_operator.api.training import MAX_NAME_LENGTH as MAX_TRAINING_NAME_LENGTH
 from modelyard_server.config import ServerConfig
+from modelyard_server.contracts import METRIC_INFLIGHT_REQUESTS
 from modelyard_storage.connection import S3Connection
-from modelyard_storage.uri import STORAGE_URI_PATTERN, UriError, is_s3, parse_uri
+from modelyard_storage.uri import STORAGE_URI_PATTERN, is_s3, parse_uri
 
 # Children share the object's name (Deployment, Service, HPA, PDB); ReplicaSets add 11
 # characters and must stay a valid label value.
@@ -26,6 +28,9 @@ MAX_NAME_LENGTH = 52
 SHA256_PATTERN = r"^[a-f0-9]{64}$"
 INT_OR_PERCENT_PATTERN = r"^[0-9]+%?$"
 DNS_LABEL_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+SHA256_REQUIRED = (
+    "model.sha256 is required with model.uri: the server refuses a file that does not match it"
+)
 
 
 def _model_config(*rules: dict[str, Any]) -> ConfigDict:
@@ -48,7 +53,10 @@ class Gate(ApiModel):
 
     metric: str = Field(
         "test_accuracy",
-        description="Name of a metric in the training result, e.g. test_accuracy or test_rmse.",
+        description=(
+            "Name of a metric in the training result: test_accuracy, test_loss or f1_macro "
+            "(classification); test_loss, rmse, mae or r2 (regression)."
+        ),
         max_length=64,
         pattern=r"^[a-z][a-z0-9_]*$",
     )
@@ -73,18 +81,31 @@ class ModelSource(ApiModel):
             "exactly one of model.uri and model.fromTraining must be set",
         ),
         cel("!has(self.sha256) || has(self.uri)", "model.sha256 is only allowed with model.uri"),
+        cel(
+            "!has(self.uri) || has(self.sha256)",
+            SHA256_REQUIRED,
+            ".sha256",
+            "FieldValueRequired",
+        ),
         cel("!has(self.gate) || has(self.fromTraining)", "model.gate needs model.fromTraining"),
     )
 
     uri: str | None = Field(
         None,
-        description="ONNX model file: pvc://<claim>/<path> or s3://<bucket>/<key> (needs spec.s3).",
+        description=(
+            "ONNX model file: pvc://<claim>/<path> or s3://<bucket>/<key> (needs spec.s3); "
+            "needs sha256."
+        ),
         max_length=1024,
         pattern=STORAGE_URI_PATTERN,
     )
     sha256: str | None = Field(
         None,
-        description="Expected sha256 of the model file; checked before loading.",
+        description=(
+            "sha256 of the model file (64 lower-case hex digits), required with uri: the file "
+            "is checked before it is loaded and a mismatch is never served. fromTraining takes "
+            "it from the training's status."
+        ),
         max_length=64,
         pattern=SHA256_PATTERN,
     )
@@ -99,12 +120,21 @@ class ModelSource(ApiModel):
     )
     gate: Gate | None = Field(None, description="Promotion gate for fromTraining results.")
 
+    @field_validator("uri")
+    @classmethod
+    def _parses(cls, uri: str | None) -> str | None:
+        if uri is not None:
+            parse_uri(uri, "model.uri")
+        return uri
+
     @model_validator(mode="after")
     def _one_source(self) -> ModelSource:
         if (self.uri is None) == (self.from_training is None):
             raise ValueError("exactly one of model.uri and model.fromTraining must be set")
         if self.sha256 is not None and self.uri is None:
             raise ValueError("model.sha256 is only allowed with model.uri")
+        if self.uri is not None and self.sha256 is None:
+            raise ValueError(SHA256_REQUIRED)
         if self.gate is not None and self.from_training is None:
             raise ValueError("model.gate needs model.fromTraining")
         return self
@@ -114,8 +144,11 @@ class CustomMetric(ApiModel):
     """A per-pod metric (for example from a Prometheus Adapter) that the HPA also follows."""
 
     name: str = Field(
-        "modelyard_inflight_requests",
-        description="Metric name as the custom metrics API serves it.",
+        METRIC_INFLIGHT_REQUESTS,
+        description=(
+            "Metric name as the custom metrics API serves it; the default is the server's "
+            "gauge of requests being handled."
+        ),
         max_length=253,
     )
     target_average_value: str = Field(
@@ -201,7 +234,7 @@ class ModelDeploymentSpec(ApiModel):
         ),
         cel(
             "!has(self.model.uri) || !self.model.uri.startsWith('s3://') || has(self.s3)",
-            "s3: model.uri is an s3:// URI, so spec.s3 (endpoint and Secret) is required",
+            needs_s3("model.uri"),
             ".model.uri",
         ),
     )
@@ -248,17 +281,8 @@ class ModelDeploymentSpec(ApiModel):
 
     @model_validator(mode="after")
     def _s3_needs_connection(self) -> ModelDeploymentSpec:
-        uri = self.model.uri
-        if uri is None:
-            return self
-        try:
-            parse_uri(uri, "model.uri")
-        except UriError as error:
-            raise ValueError(str(error)) from None
-        if is_s3(uri) and self.s3 is None:
-            raise ValueError(
-                "s3: model.uri is an s3:// URI, so spec.s3 (endpoint and Secret) is required"
-            )
+        if is_s3(self.model.uri) and self.s3 is None:
+            raise ValueError(needs_s3("model.uri"))
         return self
 
 

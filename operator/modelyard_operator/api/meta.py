@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "modelyard.dev"
@@ -13,14 +13,42 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
 LABEL_KEY_PATTERN = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+# Label and annotation keys that only the operator sets: it finds and trusts its children by them.
+RESERVED_KEY_PREFIX = f"{GROUP}/"
 
 
-def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, Any]:
-    """A CEL rule (`x-kubernetes-validations` entry) that the API server evaluates."""
+def cel(
+    rule: str, message: str, field_path: str | None = None, reason: str | None = None
+) -> dict[str, Any]:
+    """A CEL rule (`x-kubernetes-validations` entry) that the API server evaluates.
+
+    `field_path` makes the API server name that field; `reason` picks its error type
+    (FieldValueInvalid by default, FieldValueRequired, FieldValueForbidden, ...).
+    """
     entry: dict[str, Any] = {"rule": rule, "message": message}
     if field_path:
         entry["fieldPath"] = field_path
+    if reason:
+        entry["reason"] = reason
     return entry
+
+
+def reserved_keys_message(field: str) -> str:
+    return f"pod.{field}: keys starting with {RESERVED_KEY_PREFIX} are reserved for the operator"
+
+
+def _no_reserved_keys(field: str) -> dict[str, Any]:
+    return cel(
+        f"!has(self.{field}) || self.{field}.all(k, !k.startsWith('{RESERVED_KEY_PREFIX}'))",
+        reserved_keys_message(field),
+        f".{field}",
+        "FieldValueForbidden",
+    )
+
+
+def needs_s3(field: str) -> str:
+    """The message of a missing spec.s3 where `field` is an s3:// URI (pydantic and CEL)."""
+    return f"s3: {field} is an s3:// URI, so spec.s3 (endpoint and Secret) is required"
 
 
 class ApiModel(BaseModel):
@@ -114,6 +142,15 @@ class EnvVar(ApiModel):
 class PodOverrides(ApiModel):
     """What users need to run their own code and infrastructure in the pods."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _no_reserved_keys("labels"),
+                _no_reserved_keys("annotations"),
+            ]
+        }
+    )
+
     image: str | None = Field(
         None,
         description="Container image; the operator's default image when empty.",
@@ -142,11 +179,26 @@ class PodOverrides(ApiModel):
         max_length=253,
     )
     labels: dict[str, str] = Field(
-        default_factory=dict, description="Extra labels on the pods.", max_length=32
+        default_factory=dict,
+        description=(
+            f"Extra labels on the pods; keys starting with {RESERVED_KEY_PREFIX} are reserved."
+        ),
+        max_length=32,
     )
     annotations: dict[str, str] = Field(
-        default_factory=dict, description="Extra annotations on the pods.", max_length=32
+        default_factory=dict,
+        description=(
+            f"Extra annotations on the pods; keys starting with {RESERVED_KEY_PREFIX} are reserved."
+        ),
+        max_length=32,
     )
+
+    @field_validator("labels", "annotations")
+    @classmethod
+    def _no_reserved_keys(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        if any(key.startswith(RESERVED_KEY_PREFIX) for key in value):
+            raise ValueError(reserved_keys_message(str(info.field_name)))
+        return value
 
 
 class ObjectMeta(ApiModel):

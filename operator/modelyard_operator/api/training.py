@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from modelyard_operator.api.meta import (
     ApiModel,
@@ -14,10 +14,11 @@ from modelyard_operator.api.meta import (
     ResourceRequirements,
     Scheduling,
     cel,
+    needs_s3,
 )
 from modelyard_storage.connection import S3Connection
-from modelyard_storage.uri import PVC_URI_PATTERN, STORAGE_URI_PATTERN, UriError, is_s3, parse_uri
-from modelyard_trainer.config import TrainerConfig
+from modelyard_storage.uri import PVC_URI_PATTERN, STORAGE_URI_PATTERN, is_s3, parse_uri
+from modelyard_trainer.config import DataConfig, TrainerConfig, TrainingConfig
 
 # Children are `<name>-progress`, `<name>-a<attempt>` and pods `<name>-a<attempt>-<index>`,
 # whose host names must fit 63 characters; 40 leaves room for every suffix.
@@ -31,6 +32,21 @@ _S3_DATA = (
     "has(self.data) && has(self.data.source) && has(self.data.source.uri) && "
     "self.data.source.uri.startsWith('s3://')"
 )
+# What a spec without a training block gets, so that the CEL rule below judges the same value.
+_DEFAULT_BATCH_SIZE = TrainingConfig.model_fields["batch_size"].default
+BATCH_SIZE_MESSAGE = (
+    "training.batchSize must be divisible by workers x processesPerWorker (the world size), "
+    "so that every process gets the same share of each batch"
+)
+
+
+def _trainer_rules() -> list[Any]:
+    """TrainerConfig's CEL rules: the spec's own model_config would otherwise replace them."""
+    extra = TrainerConfig.model_config.get("json_schema_extra")
+    assert isinstance(extra, dict)
+    rules = extra["x-kubernetes-validations"]
+    assert isinstance(rules, list)
+    return rules
 
 
 class TrainingScheduling(Scheduling):
@@ -59,6 +75,12 @@ class Output(ApiModel):
         max_length=1024,
         pattern=STORAGE_URI_PATTERN,
     )
+
+    @field_validator("uri")
+    @classmethod
+    def _parses(cls, uri: str) -> str:
+        parse_uri(uri, "output.uri")
+        return uri
 
 
 class RunPolicy(ApiModel):
@@ -95,6 +117,7 @@ class ModelTrainingSpec(TrainerConfig):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
+                *_trainer_rules(),
                 cel(
                     "!has(self.scheduling) || !has(self.scheduling.queueName) || "
                     "!has(self.runPolicy) || !has(self.runPolicy.suspend) || "
@@ -102,16 +125,17 @@ class ModelTrainingSpec(TrainerConfig):
                     "runPolicy.suspend cannot be combined with scheduling.queueName: "
                     "Kueue owns suspension of queued runs",
                 ),
-                cel(
-                    f"!({_S3_OUTPUT}) || has(self.s3)",
-                    "s3: output.uri is an s3:// URI, so spec.s3 (endpoint and Secret) is required",
-                    ".output.uri",
-                ),
+                cel(f"!({_S3_OUTPUT}) || has(self.s3)", needs_s3("output.uri"), ".output.uri"),
                 cel(
                     f"!({_S3_DATA}) || has(self.s3)",
-                    "s3: data.source.uri is an s3:// URI, so spec.s3 (endpoint and Secret) is "
-                    "required",
+                    needs_s3("data.source.uri"),
                     ".data.source.uri",
+                ),
+                cel(
+                    f"(has(self.training) ? self.training.batchSize : {_DEFAULT_BATCH_SIZE}) % "
+                    "(self.workers * self.processesPerWorker) == 0",
+                    BATCH_SIZE_MESSAGE,
+                    ".training.batchSize",
                 ),
             ]
         },
@@ -156,22 +180,25 @@ class ModelTrainingSpec(TrainerConfig):
             )
         return self
 
+    @field_validator("data")
+    @classmethod
+    def _data_uri_parses(cls, data: DataConfig) -> DataConfig:
+        if data.source.uri is not None:
+            parse_uri(data.source.uri, "data.source.uri")
+        return data
+
     @model_validator(mode="after")
     def _s3_needs_connection(self) -> ModelTrainingSpec:
-        for field, uri in (
-            ("output.uri", self.output.uri),
-            ("data.source.uri", self.data.source.uri),
-        ):
-            if uri is None:
-                continue
-            try:
-                parse_uri(uri, field)
-            except UriError as error:
-                raise ValueError(str(error)) from None
-            if is_s3(uri) and self.s3 is None:
-                raise ValueError(
-                    f"s3: {field} is an s3:// URI, so spec.s3 (endpoint and Secret) is required"
-                )
+        if is_s3(self.output.uri) and self.s3 is None:
+            raise ValueError(needs_s3("output.uri"))
+        if is_s3(self.data.source.uri) and self.s3 is None:
+            raise ValueError(needs_s3("data.source.uri"))
+        return self
+
+    @model_validator(mode="after")
+    def _batch_divides_among_processes(self) -> ModelTrainingSpec:
+        if self.training.batch_size % (self.workers * self.processes_per_worker):
+            raise ValueError(BATCH_SIZE_MESSAGE)
         return self
 
 
