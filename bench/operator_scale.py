@@ -114,7 +114,7 @@ def fresh_cluster() -> Cluster:
 def model_deployment(name: str) -> dict[str, Any]:
     doc = yaml.safe_load((SAMPLES / "pinned-model-deployment.yaml").read_text())
     doc["metadata"] = {"name": name}
-    doc["spec"]["model"] = {"uri": f"pvc://{MODELS_CLAIM}/pinned/{name}/model.onnx"}
+    doc["spec"]["model"]["uri"] = f"pvc://{MODELS_CLAIM}/pinned/{name}/model.onnx"
     doc["spec"]["replicas"] = 1
     return dict(doc)
 

@@ -10,6 +10,7 @@ user's cluster would; each checks one promise of the issue. The images must be o
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
 import subprocess
 import threading
@@ -39,6 +40,7 @@ TRAINING = "digits"
 SERVING = "digits-server"
 CLAIM = "modelyard-models"
 CORRUPT_URI = f"pvc://{CLAIM}/corrupt/model.onnx"
+CORRUPT_BYTES = b"not an ONNX model" * 64  # its sha256 matches: the load itself must fail
 
 
 def _images_present(api: client.ApiClient, node: RealNode) -> None:
@@ -296,7 +298,7 @@ def test_a_corrupted_model_is_rolled_back_while_the_old_pods_serve_every_request
     assert _ready(life), "needs the deployment of the test before"
     corrupt = life.claim_dir() / "corrupt/model.onnx"
     corrupt.parent.mkdir(parents=True, exist_ok=True)
-    corrupt.write_bytes(b"not an ONNX model" * 64)
+    corrupt.write_bytes(CORRUPT_BYTES)
     corrupt.parent.chmod(0o755)
     corrupt.chmod(0o644)
 
@@ -310,7 +312,16 @@ def test_a_corrupted_model_is_rolled_back_while_the_old_pods_serve_every_request
             life.namespace,
             "modeldeployments",
             SERVING,
-            {"spec": {"model": {"fromTraining": None, "gate": None, "uri": CORRUPT_URI}}},
+            {
+                "spec": {
+                    "model": {
+                        "fromTraining": None,
+                        "gate": None,
+                        "uri": CORRUPT_URI,
+                        "sha256": hashlib.sha256(CORRUPT_BYTES).hexdigest(),
+                    }
+                }
+            },
         )
 
         def rolled_back() -> dict[str, Any] | None:

@@ -65,7 +65,7 @@ API_DOWN = (ApiException, ApiError, OSError, httpx.HTTPError, urllib3.exceptions
 def model_deployment(name: str) -> dict[str, Any]:
     document = load_sample("pinned-model-deployment.yaml")
     document["metadata"] = {"name": name}
-    document["spec"]["model"] = {"uri": f"pvc://{MODELS_CLAIM}/pinned/{name}/model.onnx"}
+    document["spec"]["model"]["uri"] = f"pvc://{MODELS_CLAIM}/pinned/{name}/model.onnx"
     document["spec"]["replicas"] = 1
     return document
 
