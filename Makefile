@@ -4,8 +4,8 @@ UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install lint typecheck test test-unit test-integration crds demo demo-local kind-demo \
-	cluster-up cluster-down k8s-binaries bench-server bench-trainer bench-operator-scale \
+.PHONY: install lint shellcheck typecheck test test-unit test-integration crds demo demo-local \
+	kind-demo cluster-up cluster-down k8s-binaries bench-server bench-trainer bench-operator-scale \
 	bench-operator-churn bench-operator-watch-cost images \
 	deploy-manifests node-binaries node-up node-down host-packages real-cluster-up \
 	real-cluster-down test-e2e s3-server clean
@@ -16,12 +16,16 @@ $(UV):
 install: $(UV)  ## .venv with every extra, from uv.lock
 	$(UV) sync --frozen --all-extras
 
-lint: install
-	$(UV) run --frozen ruff check .
-	$(UV) run --frozen ruff format --check .
+# The same commands as the pre-commit hooks (.pre-commit-config.yaml).
+lint: install shellcheck  ## ruff (rules, format) and shellcheck
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+shellcheck:  ## every shell script, with the pinned shellcheck (installed into .tools/)
+	hack/shellcheck.sh
 
 typecheck: install
-	$(UV) run --frozen mypy
+	$(VENV)/bin/mypy
 
 crds: install  ## regenerate crds/ from the API models
 	$(PY) -m modelyard_operator.api.crd crds

@@ -24,9 +24,9 @@ ENV_FILE="$NODE_DIR/node.env"
 # Start order; `down` stops in reverse.
 COMPONENTS=(containerd apiserver-proxy kubelet kube-proxy coredns local-path-provisioner metrics-server)
 
-# shellcheck source=hack/node/network.sh
+# shellcheck source=node/network.sh
 source "$HACK_DIR/node/network.sh"
-# shellcheck source=hack/node/addons.sh
+# shellcheck source=node/addons.sh
 source "$HACK_DIR/node/addons.sh"
 
 kubectl_() { "$K8S_BIN_DIR/kubectl" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
@@ -373,14 +373,12 @@ cmd_up() {
 # allocations: take them down through the CRI while containerd still runs.
 remove_pods() {
   running containerd || return 0
-  local ids
-  ids="$(crictl_ pods -q 2>/dev/null || true)"
-  if [[ -n "$ids" ]]; then
-    log "removing $(wc -l <<<"$ids") pod sandbox(es)"
-    # shellcheck disable=SC2086
-    crictl_ stopp $ids >/dev/null 2>&1 || true
-    # shellcheck disable=SC2086
-    crictl_ rmp -f $ids >/dev/null 2>&1 || true
+  local ids=()
+  mapfile -t ids < <(crictl_ pods -q 2>/dev/null || true)
+  if ((${#ids[@]})); then
+    log "removing ${#ids[@]} pod sandbox(es)"
+    crictl_ stopp "${ids[@]}" >/dev/null 2>&1 || true
+    crictl_ rmp -f "${ids[@]}" >/dev/null 2>&1 || true
   fi
 }
 

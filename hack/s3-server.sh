@@ -42,7 +42,7 @@ build() {
   GOBIN="$staging" CGO_ENABLED=0 GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOFLAGS=-buildvcs=false \
     go install -trimpath -ldflags "-s -w" \
     "github.com/versity/versitygw/cmd/versitygw@v$VERSITYGW_VERSION"
-  rm -rf "$S3_CACHE_DIR/bin"
+  rm -rf "${S3_CACHE_DIR:?}/bin"
   mv "$staging" "$S3_CACHE_DIR/bin"
   log "versitygw built in $((SECONDS - start))s"
 }

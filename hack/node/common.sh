@@ -1,7 +1,7 @@
 # Settings shared by hack/node.sh and hack/node-images.sh (sourced, not executed).
 # shellcheck shell=bash
 # shellcheck disable=SC2034  # the scripts that source this file use these settings
-# shellcheck source=hack/lib.sh
+# shellcheck source=../lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib.sh"
 
 CLUSTER_DIR="${MODELYARD_CLUSTER_DIR:-$REPO_ROOT/.cluster}"
