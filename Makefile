@@ -77,10 +77,10 @@ test-e2e: install real-cluster-up  ## tests with real pods on the real cluster
 s3-server:  ## the S3-compatible server of the storage tests (versitygw), built into the cache
 	hack/s3-server.sh
 
-test-unit: install k8s-binaries  ## tests that need no cluster (helm and kubectl render the chart)
-	$(PY) -m pytest -m "not cluster and not node" $(PYTEST_ARGS)
+test-unit: install  ## tests that need no cluster and no Go-built tool
+	$(PY) -m pytest -m "not cluster and not node and not chart" $(PYTEST_ARGS)
 
-test-integration: install k8s-binaries s3-server  ## unit, kwok control plane, S3; no real pods
+test-integration: install k8s-binaries s3-server  ## unit, chart, kwok control plane, S3; no real pods
 	$(PY) -m pytest -m "not chaos and not node" $(PYTEST_ARGS)
 
 # The chaos tests restart an API server, so they get a control plane of their own.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Renders charts/modelyard with its default values into deploy/default/modelyard.yaml: the
 # operator part of `kubectl apply -k deploy/default` (the CRDs come from crds/ itself). One
-# source for both install paths; tests/unit/test_chart.py fails when the file is stale.
+# source for both install paths; tests/chart/test_chart.py fails when the file is stale.
 #
 # Usage: hack/render-deploy.sh [OUTPUT]   (default deploy/default/modelyard.yaml, "-" = stdout)
 # Needs helm from hack/k8s-binaries.sh (or $HELM).
