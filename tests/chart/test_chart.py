@@ -463,6 +463,15 @@ def test_kustomize_installs_crds_namespace_and_operator(tools: Path) -> None:
     assert_restricted(one(manifests, "Deployment")["spec"]["template"]["spec"])
 
 
+def test_kubectl_apply_f_crds_reads_the_crds_only(tools: Path) -> None:
+    # `kubectl apply -f crds/` needs a server; `label --local` reads the directory with the same
+    # reader (every *.yaml, *.yml and *.json file) and names each object it found, offline.
+    found = run(tools, "kubectl", "label", "--local", "-f", str(ROOT / "crds"), "-o", "name", "x=y")
+    assert sorted(found.stdout.split()) == sorted(
+        f"customresourcedefinition.apiextensions.k8s.io/{k.plural}.modelyard.dev" for k in KINDS
+    )
+
+
 def test_kustomize_argocd_config_carries_the_health_scripts(tools: Path) -> None:
     manifests = documents(
         run(tools, "kubectl", "kustomize", str(ROOT / "deploy" / "argocd")).stdout
