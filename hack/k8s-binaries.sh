@@ -4,7 +4,8 @@
 #   ${MODELYARD_CACHE:-${XDG_CACHE_HOME:-~/.cache}/modelyard}/k8s/<K8S_VERSION>/bin
 # built from their Go modules (versions in hack/versions.env). Without Go but with
 # internet access it downloads the official release binaries instead.
-# Idempotent: a stamp keyed by the versions makes a second run a no-op.
+# Idempotent: a stamp keyed by the versions makes a second run a no-op; a second stamp keyed
+# by helm's own recipe rebuilds helm alone when only that recipe changed.
 #
 # Usage: hack/k8s-binaries.sh [--print-bin-dir | --check | --force]
 #   --print-bin-dir  print the bin directory and exit
@@ -15,6 +16,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # Bump when the recipe changes in a way that must rebuild cached binaries.
 RECIPE_VERSION=1
+# Bump when only helm's recipe changes: rebuilds helm alone, not Kubernetes.
+# 2: helm's default Kubernetes version set as upstream sets it (1.20 before).
+HELM_RECIPE_VERSION=2
 BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy kwok helm)
 K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
 
@@ -41,15 +45,23 @@ stamp_key="$({
   echo "recipe=$RECIPE_VERSION platform=$goos/$goarch"
 } | sha256sum | cut -d' ' -f1)"
 stamp_file="$K8S_CACHE_DIR/stamp"
+helm_stamp_key="helm=$HELM_VERSION recipe=$HELM_RECIPE_VERSION platform=$goos/$goarch"
+helm_stamp_file="$K8S_CACHE_DIR/helm.stamp"
 
 all_present() {
   local b
   for b in "${BINARIES[@]}"; do [[ -x "$K8S_BIN_DIR/$b" ]] || return 1; done
 }
 
+stamp_is() { [[ -f "$1" ]] && [[ "$(cat "$1")" == "$2" ]]; }
+
+# Everything but helm's own recipe is current.
+all_but_helm_current() {
+  [[ $force -eq 0 ]] && all_present && stamp_is "$stamp_file" "$stamp_key"
+}
+
 up_to_date() {
-  [[ $force -eq 0 ]] && all_present && [[ -f "$stamp_file" ]] &&
-    [[ "$(cat "$stamp_file")" == "$stamp_key" ]]
+  all_but_helm_current && stamp_is "$helm_stamp_file" "$helm_stamp_key"
 }
 
 if [[ $check -eq 1 ]]; then
@@ -139,7 +151,6 @@ MOD
 }
 
 build_from_source() {
-  go_build_env
   local src="$K8S_CACHE_DIR/src" t
   mkdir -p "$src/kubernetes" "$src/etcd"
   log "Go: $(go version)"
@@ -180,10 +191,27 @@ build_from_source() {
     "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION"
   log "kwok built in $((SECONDS - t))s"
 
-  t=$SECONDS
-  log "helm v$HELM_VERSION: building"
-  GOBIN="$staging" GOFLAGS=-buildvcs=false go install -trimpath \
-    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION" \
+  build_helm
+}
+
+# Without a --kube-version flag, helm renders (and lints) for the Kubernetes version set at
+# link time, 1.20 when none is set. Upstream's Makefile sets 1.<minor of its client-go> (the
+# version its client libraries speak); so do we, read from helm's own go.mod, so that a
+# source-built helm equals the release binary.
+build_helm() {
+  local t=$SECONDS helm_mod client_go major minor ldflags pkg
+  helm_mod="$(go mod download -json "helm.sh/helm/v3@v$HELM_VERSION" | sed -n 's/^\s*"GoMod": "\(.*\)",$/\1/p')"
+  [[ -f "$helm_mod" ]] || die "could not download helm.sh/helm/v3@v$HELM_VERSION"
+  client_go="$(sed -n 's#^\s*k8s\.io/client-go v\([0-9]*\.[0-9]*\)\..*#\1#p' "$helm_mod")"
+  [[ -n "$client_go" ]] || die "no k8s.io/client-go requirement found in $helm_mod"
+  major=$((${client_go%%.*} + 1)) # client-go v0.N is Kubernetes 1.N
+  minor="${client_go#*.}"
+  ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION"
+  for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    ldflags+=" -X $pkg.k8sVersionMajor=$major -X $pkg.k8sVersionMinor=$minor"
+  done
+  log "helm v$HELM_VERSION: building (default Kubernetes version $major.$minor)"
+  GOBIN="$staging" GOFLAGS=-buildvcs=false go install -trimpath -ldflags "$ldflags" \
     "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION"
   log "helm built in $((SECONDS - t))s"
 }
@@ -204,25 +232,41 @@ download_releases() {
   log "downloading kwok v$KWOK_VERSION"
   curl -fsSL -o "$staging/kwok" \
     "https://github.com/kubernetes-sigs/kwok/releases/download/v$KWOK_VERSION/kwok-$goos-$goarch"
-  log "downloading helm v$HELM_VERSION"
-  curl -fsSL "https://get.helm.sh/helm-v$HELM_VERSION-$goos-$goarch.tar.gz" | tar -xz -C "$tmp"
-  mv "$tmp/$goos-$goarch/helm" "$staging/helm"
   chmod +x "$staging"/*
+  download_helm
+}
+
+download_helm() {
+  log "downloading helm v$HELM_VERSION"
+  curl -fsSL "https://get.helm.sh/helm-v$HELM_VERSION-$goos-$goarch.tar.gz" |
+    tar -xzO "$goos-$goarch/helm" >"$staging/helm"
+  chmod +x "$staging/helm"
 }
 
 if have_go; then
-  build_from_source
+  from_source=1
+  go_build_env
 elif command -v curl >/dev/null 2>&1 && curl -fsS -o /dev/null --max-time 10 "https://dl.k8s.io/"; then
+  from_source=0
   log "no usable Go toolchain: downloading official release binaries"
-  download_releases
 else
   die "need Go >= 1.21 (or internet access to download releases) to get the Kubernetes binaries"
 fi
 
-for b in "${BINARIES[@]}"; do [[ -x "$staging/$b" ]] || die "missing $b after build"; done
+if all_but_helm_current; then
+  log "only helm's recipe changed: rebuilding helm alone"
+  built=(helm)
+  if ((from_source)); then build_helm; else download_helm; fi
+else
+  built=("${BINARIES[@]}")
+  if ((from_source)); then build_from_source; else download_releases; fi
+fi
+
+for b in "${built[@]}"; do [[ -x "$staging/$b" ]] || die "missing $b after build"; done
 mkdir -p "$K8S_BIN_DIR"
-for b in "${BINARIES[@]}"; do mv -f "$staging/$b" "$K8S_BIN_DIR/$b"; done
+for b in "${built[@]}"; do mv -f "$staging/$b" "$K8S_BIN_DIR/$b"; done
 rmdir "$staging"
 printf '%s\n' "$stamp_key" >"$stamp_file"
+printf '%s\n' "$helm_stamp_key" >"$helm_stamp_file"
 log "binaries ready in $K8S_BIN_DIR after $((SECONDS - start))s"
 "$K8S_BIN_DIR/kube-apiserver" --version >&2
