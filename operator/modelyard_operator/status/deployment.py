@@ -40,7 +40,9 @@ from modelyard_operator.builders.deployment import (
     TEMPLATE_HASH_ANNOTATION,
 )
 from modelyard_operator.status.conditions import (
+    CHILD_REJECTED,
     Event,
+    children_applied,
     condition_is,
     object_condition,
     rfc3339,
@@ -74,6 +76,8 @@ class Observed:
     pods: list[Manifest]
     url: str
     now: datetime
+    # Why children could not be applied (ForeignObject, refusals): Ready says it.
+    rejected: tuple[str, ...] = ()
 
 
 @dataclass
@@ -427,7 +431,20 @@ def plan_deployment(md: ModelDeployment, observed: Observed) -> Plan:
     run.plan.target = target
     status.url = observed.url
     _deployment_status(run, target)
+    _children_status(run)
     return run.plan
+
+
+def _children_status(run: _Pass) -> None:
+    """The children were applied (a target exists): ChildrenApplied, and Ready when not."""
+    rejected, status = run.observed.rejected, run.status
+    status.conditions, event = children_applied(
+        status.conditions, rejected, run.observed.now, run.generation
+    )
+    if event is not None:
+        run.plan.events.append(event)
+    if rejected:
+        run.condition("Ready", False, CHILD_REJECTED, "; ".join(rejected))
 
 
 def _resolve(run: _Pass) -> ServedModel | None:

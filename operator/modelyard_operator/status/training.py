@@ -2,13 +2,22 @@
 
 `plan_training` is pure: the handler observes Jobs, Pods and the progress record, calls it, and
 carries out the plan (create or delete Jobs, patch status, post Events).
+
+Jobs and pods are found by label, but only those that this ModelTraining's uid controls (its
+Jobs) and that its Jobs control (their pods) count: anyone may copy a label, and a look-alike
+pod's termination message must not become the result. A result must also lie under the run's
+own output location, `<output>/<namespace>/<name>/<uid>/g<generation>/`.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
+
+from pydantic import ValidationError
 
 from modelyard_operator.api.training import (
     FailureStatus,
@@ -18,9 +27,16 @@ from modelyard_operator.api.training import (
     TrainingResultStatus,
     WorkerCounts,
 )
-from modelyard_operator.builders.training import ATTEMPT_LABEL, CONTAINER, GENERATION_LABEL
+from modelyard_operator.builders.common import controlled_by, controller_uid
+from modelyard_operator.builders.training import (
+    ATTEMPT_LABEL,
+    CONTAINER,
+    GENERATION_LABEL,
+    job_name,
+)
 from modelyard_operator.status.conditions import (
     Event,
+    children_applied,
     container_status,
     humanize_seconds,
     object_condition,
@@ -34,6 +50,7 @@ from modelyard_trainer.contracts import (
     ProgressRecord,
     TrainingFailure,
     TrainingResult,
+    artifact_relpath,
     join_uri,
     parse_termination_message,
 )
@@ -54,6 +71,8 @@ class Observed:
     pods: list[Manifest]
     progress: ProgressRecord | None
     now: datetime
+    # Why children could not be applied (ForeignObject, refusals): no attempt starts then.
+    rejected: tuple[str, ...] = ()
 
 
 @dataclass
@@ -64,6 +83,36 @@ class Plan:
     delete_jobs: list[str] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
+
+
+def parse_progress(text: str | None) -> ProgressRecord | None:
+    """The progress record that rank 0 wrote, or None when there is none or it is malformed.
+
+    Never raises: the record comes from a pod. Non-finite numbers (NaN, Infinity, 1e999),
+    which Python's JSON reader accepts but no status may hold, are dropped (null: unknown),
+    so that one such record cannot fail every status write of the training.
+    """
+    if not text:
+        return None
+    try:
+        document = json.loads(text, parse_constant=lambda _: None, parse_float=_finite)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(document, dict):
+        return None
+    document = {k: v for k, v in document.items() if v is not None}
+    if isinstance(document.get("validation"), dict):
+        validation = document["validation"].items()
+        document["validation"] = {k: v for k, v in validation if v is not None}
+    try:
+        return ProgressRecord.model_validate(document)
+    except ValidationError:
+        return None
+
+
+def _finite(text: str) -> float | None:
+    value = float(text)
+    return value if math.isfinite(value) else None
 
 
 def _label_int(obj: Manifest, key: str) -> int:
@@ -139,13 +188,15 @@ def plan_training(mt: ModelTraining, observed: Observed) -> Plan:
     """The status and next step of a ModelTraining, from what was observed."""
     run = _Run(mt, observed)
     _start_new_run_on_new_generation(run)
-    jobs = [j for j in observed.jobs if _label_int(j, GENERATION_LABEL) == run.generation]
-    for stale in (j for j in observed.jobs if j not in jobs):
+    ours = [j for j in observed.jobs if controlled_by(j, mt.metadata.uid)]
+    jobs = [j for j in ours if _label_int(j, GENERATION_LABEL) == run.generation]
+    for stale in (j for j in ours if j not in jobs):
         run.delete(stale)  # an edit ends the previous generation's attempt
     status = run.status
     status.attempt = max([status.attempt, *(_label_int(j, ATTEMPT_LABEL) for j in jobs)])
     current = next((j for j in jobs if _label_int(j, ATTEMPT_LABEL) == status.attempt), None)
-    pods = [p for p in observed.pods if current and _label_int(p, ATTEMPT_LABEL) == status.attempt]
+    current_uid = current["metadata"].get("uid") if current else None
+    pods = [p for p in observed.pods if current_uid and controller_uid(p) == current_uid]
     status.workers = _count_workers(pods)
 
     if status.phase in ("Succeeded", "Failed"):
@@ -156,6 +207,12 @@ def plan_training(mt: ModelTraining, observed: Observed) -> Plan:
         _start_next_attempt(run)
     else:
         _follow_attempt(run, current, pods)
+    if run.plan.keep_children:
+        status.conditions, event = children_applied(
+            status.conditions, observed.rejected, run.now, run.generation
+        )
+        if event is not None:
+            run.plan.events.append(event)
     return run.plan
 
 
@@ -216,7 +273,18 @@ def _suspend(run: _Run, jobs: list[Manifest]) -> None:
 
 
 def _previous_attempt_still_running(run: _Run) -> bool:
-    return any(_active(p) for p in run.observed.pods)
+    """A pod of one of our Jobs, even one deleted already (its pods go after it), is active.
+    A pod that only claims such a Job is collected by the garbage collector."""
+    name = run.mt.metadata.name
+    return any(_active(p) and _of_our_job(p, name) for p in run.observed.pods)
+
+
+def _of_our_job(pod: Manifest, name: str) -> bool:
+    prefix = job_name(name, 0)[:-1]
+    return any(
+        r.get("controller") and r.get("kind") == "Job" and str(r.get("name")).startswith(prefix)
+        for r in pod["metadata"].get("ownerReferences") or []
+    )
 
 
 def _start_next_attempt(run: _Run) -> None:
@@ -231,6 +299,8 @@ def _start_next_attempt(run: _Run) -> None:
         return
     if _deadline_passed(run):
         return
+    if run.observed.rejected:
+        return  # no attempt while a child's name is taken or refused: see ChildrenApplied
     status.attempt += 1
     status.phase = "Pending"
     status.start_time = status.start_time or rfc3339(run.now)
@@ -271,6 +341,10 @@ def _succeed(run: _Run, pods: list[Manifest]) -> None:
     if not isinstance(parsed, TrainingResult):
         run.finish(False, "NoResult", "rank 0 ended without a result in its termination message")
         return
+    outside = _outside_the_run(run, parsed)
+    if outside is not None:
+        run.finish(False, "ResultRejected", outside)
+        return
     run.status.result = TrainingResultStatus(
         generation=run.generation,
         artifact_uri=parsed.artifact_uri,
@@ -293,6 +367,29 @@ def _succeed(run: _Run, pods: list[Manifest]) -> None:
     accuracy = parsed.metrics.get("test_accuracy")
     summary = f" (test accuracy {accuracy:.4f})" if accuracy is not None else ""
     run.finish(True, "RunSucceeded", f"model at {run.status.result.model_uri}{summary}")
+
+
+def run_location(mt: ModelTraining) -> str:
+    """The one directory where this generation's artifacts may be."""
+    meta = mt.metadata
+    relpath = artifact_relpath(meta.namespace, meta.name, meta.uid, meta.generation)
+    return join_uri(mt.spec.output.uri, relpath)
+
+
+def _outside_the_run(run: _Run, result: TrainingResult) -> str | None:
+    """Why the result cannot be this run's: its artifacts or model file outside the run's
+    own output location (a forged or confused result is never promoted)."""
+    location = run_location(run.mt)
+    artifact = result.artifact_uri.rstrip("/")
+    inside = artifact == location or artifact.startswith(location + "/")
+    below = f"{artifact.removeprefix(location)}/{result.model_file}".strip("/").split("/")
+    if inside and not any(part in ("", ".", "..") for part in below):
+        return None
+    return (
+        f"rank 0 reported artifacts at {artifact[:512]!r} (model file "
+        f"{result.model_file[:128]!r}), outside this run's output location {location}/: "
+        "the result is refused"
+    )
 
 
 def _failure_of(attempt: int, job: Manifest, pods: list[Manifest]) -> FailureStatus:
