@@ -414,24 +414,25 @@ class Kube:
         an object of that name that the owner does not control raises ForeignObject.
         `live`: the object as the caller read it already (None: absent), else it is read.
 
-        The apply carries the uid it expects as a precondition (the API server answers 409
-        when the object's uid differs): the live object's, or a fresh one when there is none,
-        which matches no object, so that an object that someone made in the meantime is not
-        taken over either."""
+        The apply carries a precondition, so that an object that someone made or replaced
+        since it was read is not taken over: the uid read (an apply to an object with another
+        uid is refused), or, to create, resourceVersion "1", which no existing object has
+        (etcd's first revision is the cluster's first write; a create ignores it) and which
+        makes the API server answer 409 when an object of that name exists after all."""
         meta = manifest["metadata"]
         if live is UNREAD:
             live = self.get(
                 manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"]
             )
         if live is None:
-            expected = str(uuid.uuid4())
+            precondition = {"resourceVersion": "1"}
         else:
             if not controlled_by(live, controller_uid(manifest) or ""):
                 raise ForeignObject(manifest)
             if not drifted(manifest, live):
                 return False
-            expected = str(live["metadata"]["uid"])
-        self.apply({**manifest, "metadata": {**meta, "uid": expected}})
+            precondition = {"uid": str(live["metadata"]["uid"])}
+        self.apply({**manifest, "metadata": {**meta, **precondition}})
         return True
 
     def create_owned(self, manifest: Manifest) -> bool:
