@@ -45,6 +45,7 @@ from modelyard_operator.status.conditions import (
     children_applied,
     condition_is,
     object_condition,
+    parse_time,
     rfc3339,
     set_condition,
 )
@@ -233,7 +234,7 @@ def pod_failure(pod: Manifest) -> Failure | None:
         cname = str(container.get("name"))
         if cname not in (FETCH_CONTAINER, SERVER_CONTAINER):
             continue  # a user's sidecar is not the model's fault
-        found = _terminated_failure(name, cname, container) or _waiting_failure(
+        found = _terminated_failure(pod, cname, container) or _waiting_failure(
             name, cname, container
         )
         if found is not None:
@@ -241,18 +242,32 @@ def pod_failure(pod: Manifest) -> Failure | None:
     return None
 
 
-def _terminated_failure(pod: str, name: str, container: dict[str, Any]) -> Failure | None:
+def _served_during(pod: Manifest, terminated: dict[str, Any]) -> bool:
+    """The pod is ready now, or was at some time during the run that `terminated` ended: it
+    loaded its model, so whatever ended that run (a client that made it run out of memory) is
+    no failure to load. Ready=False that last changed after the run started went False from
+    True during the run; one that changed before (or when) it started never was True since."""
+    ready = object_condition(pod, "Ready") or {}
+    if ready.get("status") == "True":
+        return True
+    since = parse_time(ready.get("lastTransitionTime"))
+    started = parse_time(terminated.get("startedAt"))
+    return since is not None and started is not None and since > started
+
+
+def _terminated_failure(pod: Manifest, name: str, container: dict[str, Any]) -> Failure | None:
+    pod_name = pod["metadata"]["name"]
     for key in ("state", "lastState"):
         terminated = (container.get(key) or {}).get("terminated")
-        if not terminated or terminated.get("exitCode", 0) == 0:
+        if not terminated or terminated.get("exitCode", 0) == 0 or _served_during(pod, terminated):
             continue
         report = parse_load_failure(terminated.get("message"))
         if report is not None:
-            return Failure(report.reason, f"pod {pod}, container {name}: {report.message}")
+            return Failure(report.reason, f"pod {pod_name}, container {name}: {report.message}")
         if terminated.get("reason") == "OOMKilled":
             return Failure(
                 "OOMKilled",
-                f"pod {pod}, container {name} ran out of memory (OOMKilled): raise "
+                f"pod {pod_name}, container {name} ran out of memory (OOMKilled): raise "
                 "spec.resources.limits.memory",
             )
     return None

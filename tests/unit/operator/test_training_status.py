@@ -443,7 +443,8 @@ def test_a_pod_of_a_deleted_job_of_ours_still_holds_the_next_attempt_back() -> N
         '{"stage": "Training", "epoch": 3, "epochs": 30, "percent": 10, "loss": Infinity}',
         '{"stage": "Training", "epoch": 3, "epochs": 30, "percent": 10, "loss": 1e999}',
         '{"stage": "Training", "epoch": 3, "epochs": 30, "percent": 10, "etaSeconds": Infinity,'
-        ' "samplesPerSecond": Infinity, "validation": {"val_loss": -Infinity, "val_accuracy": 0.5}}',
+        ' "samplesPerSecond": Infinity,'
+        ' "validation": {"val_loss": -Infinity, "val_accuracy": 0.5}}',
     ],
 )
 def test_non_finite_progress_numbers_become_unknown_and_status_stays_writable(text: str) -> None:
