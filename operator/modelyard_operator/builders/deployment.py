@@ -236,8 +236,8 @@ def server_deployment(md: ModelDeployment, model: ServedModel, settings: Setting
         "initContainers": [_fetch_container(md, model, image, pull)],
         "containers": [_server_container(md, model, image, pull, settings)],
         "volumes": [
-            {"name": "models", "emptyDir": {}},
-            {"name": "tmp", "emptyDir": {}},
+            {"name": "models", "emptyDir": {"sizeLimit": settings.server_model_size}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": settings.server_scratch_size}},
             *(
                 [
                     {

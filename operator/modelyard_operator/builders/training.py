@@ -229,7 +229,7 @@ def job(mt: ModelTraining, attempt: int, settings: Settings) -> Manifest:
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": config_map_name(meta.name)}},
         {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm_size}},
-        {"name": "tmp", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": settings.trainer_scratch_size}},
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},

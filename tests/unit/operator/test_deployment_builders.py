@@ -273,3 +273,10 @@ def test_service_ports_and_url() -> None:
     assert ports["http"]["port"] == 8080
     assert ports["metrics"]["targetPort"] == "http"  # /metrics is served on the HTTP port
     assert service_url(pinned(), SETTINGS) == "http://iris-pinned.ml.svc.cluster.local:8080"
+
+
+def test_every_empty_dir_has_a_size_limit() -> None:
+    settings = Settings(server_model_size="20Gi", server_scratch_size="512Mi")
+    volumes = _pod(server_deployment(pinned(), PINNED, settings))["volumes"]
+    limits = {v["name"]: v["emptyDir"] for v in volumes if "emptyDir" in v}
+    assert limits == {"models": {"sizeLimit": "20Gi"}, "tmp": {"sizeLimit": "512Mi"}}
