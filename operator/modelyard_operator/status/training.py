@@ -355,13 +355,16 @@ def _succeed(run: _Run, pods: list[Manifest]) -> None:
         metrics=parsed.metrics,
     )
     progress = run.status.progress
+    # The epochs that rank 0 last said it ran (fewer than planned when it stopped early).
+    epoch = progress.epoch or progress.epochs
     run.status.progress = progress.model_copy(
         update={
             "stage": "Done",
+            "epoch": epoch,
             "percent": 100.0,
             "eta_seconds": 0.0,
             "eta": "0s",
-            "summary": f"{progress.epochs}/{progress.epochs} (100%)",
+            "summary": f"{epoch}/{progress.epochs} (100%)",
         }
     )
     accuracy = parsed.metrics.get("test_accuracy")
@@ -515,14 +518,17 @@ def _take_progress(run: _Run) -> None:
     ):
         return
     eta = record.eta_seconds
+    # Records after training (Evaluating, Exporting, Done) carry no loss or validation: the
+    # last ones reported stay, rather than reading as unknown.
+    last = run.status.progress
     run.status.progress = Progress(
         stage=record.stage,
         epoch=record.epoch,
         epochs=record.epochs,
         percent=round(record.percent, 1),
         summary=f"{record.epoch}/{record.epochs} ({record.percent:.0f}%)",
-        loss=record.loss,
-        validation=record.validation,
+        loss=record.loss if record.loss is not None else last.loss,
+        validation=record.validation or last.validation,
         samples_per_second=record.samples_per_second,
         eta_seconds=eta,
         eta=humanize_seconds(eta) if eta is not None else "",

@@ -488,7 +488,8 @@ def test_an_unchanged_object_and_an_operator_restart_write_nothing(
     assert reconciled > 0
     time.sleep(6)  # one more resync
     audit.barrier()
-    assert audit.writes(OPERATOR_USER, since=since, namespace=ns) == []
+    writes = audit.writes(OPERATOR_USER, since=since, namespace=ns)
+    assert writes == [], [(w.verb, w.resource, w.name, w.code) for w in writes]
     assert objects.get(PLURAL, "m")["metadata"]["resourceVersion"] == before
     after = objects.apps.read_namespaced_deployment("m", ns).metadata.resource_version
     assert after == deployment_before

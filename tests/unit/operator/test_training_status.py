@@ -463,3 +463,24 @@ def test_non_finite_progress_numbers_become_unknown_and_status_stays_writable(te
 )
 def test_a_malformed_progress_record_is_ignored(text: str | None) -> None:
     assert parse_progress(text) is None
+
+
+def test_stages_after_training_keep_the_last_loss_and_success_keeps_the_epochs_run() -> None:
+    training_record = ProgressRecord(
+        stage="Training", epoch=20, epochs=30, percent=66.7, loss=0.12, validation={"val_loss": 1}
+    )
+    pods = [pod(1, 0), pod(1, 1)]
+    first = plan(training(running_status()), [job(1)], pods, training_record)
+    settled = training(first.status.model_dump(by_alias=True, exclude_none=True))
+    # Stopped early after 20 of 30 epochs: the trainer's later records carry no loss.
+    exporting = ProgressRecord(stage="Exporting", epoch=20, epochs=30, percent=100.0)
+    second = plan(settled, [job(1)], pods, exporting)
+    assert second.status.progress.stage == "Exporting"
+    assert second.status.progress.loss == 0.12
+    assert second.status.progress.validation == {"val_loss": 1.0}
+    exported = training(second.status.model_dump(by_alias=True, exclude_none=True))
+    done = plan(exported, [job(1, "Complete")], [succeeded_rank(1, RUN_DIR)])
+    assert done.status.phase == "Succeeded"
+    assert (done.status.progress.epoch, done.status.progress.epochs) == (20, 30)
+    assert done.status.progress.summary == "20/30 (100%)"
+    assert done.status.progress.loss == 0.12
