@@ -436,6 +436,9 @@ def test_bad_references_are_conditions_not_crashes(
     objects.create(PLURAL, model_deployment(name="taken"))
     md = objects.wait_for(PLURAL, "taken", has("Ready", "False", "ChildRejected"))
     assert "Service taken already exists" in condition(md, "Ready")["message"]
+    children = condition(md, "ChildrenApplied")  # as a ModelTraining says it
+    assert (children["status"], children["reason"]) == ("False", "ChildRejected")
+    assert "Service taken already exists" in children["message"]
     service = objects.core.read_namespaced_service("taken", objects.namespace)
     assert not service.metadata.owner_references
     assert operator.healthy()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -649,3 +650,22 @@ def test_a_pod_that_is_oom_killed_before_it_ever_was_ready_still_fails_the_rollo
     plan = plan_deployment(md, observe(rolling, [*pods_a, loading], resolved(B)))
     assert plan.target == A
     assert condition(plan, "RolledBack") == ("True", "OOMKilled")
+
+
+def test_a_rejected_child_is_not_ready_and_said_once() -> None:
+    md, _ = serving(A)
+    message = "Service m already exists and does not belong to this ModelDeployment"
+    observed = replace(
+        observe(live_deployment(md, A), [pod(md, A, "m-1")], resolved(A)), rejected=(message,)
+    )
+    plan = plan_deployment(md, observed)
+    assert condition(plan, "Ready") == ("False", "ChildRejected")
+    assert condition(plan, "ChildrenApplied") == ("False", "ChildRejected")
+    assert reasons(plan) == ["ChildRejected"]
+    again = plan_deployment(after(md, plan), observed)
+    assert "ChildRejected" not in reasons(again)
+    resolved_plan = plan_deployment(
+        after(md, again), observe(live_deployment(md, A), [pod(md, A, "m-1")], resolved(A))
+    )
+    assert condition(resolved_plan, "ChildrenApplied") == ("True", "Applied")
+    assert condition(resolved_plan, "Ready") == ("True", "ModelLoaded")
