@@ -8,8 +8,6 @@ from collections.abc import Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 ENV_PREFIX = "MODELYARD_"
-# A Kubernetes quantity of bytes, as emptyDir sizeLimit takes it.
-SIZE_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"
 
 
 class SettingsError(ValueError):
@@ -60,25 +58,6 @@ class Settings(BaseModel):
         ge=10,
         le=86400,
         description="Time a server pod has to load and warm up its model before it is restarted.",
-    )
-
-    # Every emptyDir of ours has a sizeLimit: a pod that fills one is evicted, instead of
-    # filling its node's disk (or, for /dev/shm, its memory: that one is a spec field).
-    trainer_scratch_size: str = Field(
-        "8Gi",
-        pattern=SIZE_PATTERN,
-        description=(
-            "sizeLimit of a training worker's /tmp emptyDir; with an s3:// output the run's "
-            "artifacts and checkpoints are staged there."
-        ),
-    )
-    server_model_size: str = Field(
-        "8Gi",
-        pattern=SIZE_PATTERN,
-        description="sizeLimit of a server pod's model emptyDir, that the fetched model lies in.",
-    )
-    server_scratch_size: str = Field(
-        "1Gi", pattern=SIZE_PATTERN, description="sizeLimit of a server pod's /tmp emptyDir."
     )
 
     @classmethod

@@ -18,6 +18,14 @@ PART_OF = "modelyard"
 
 Manifest = dict[str, Any]
 
+# sizeLimit of the disk-backed emptyDirs of our pods, so that a pod that fills one is evicted
+# instead of filling its node's disk (/dev/shm is memory-backed, sized by spec.shmSize).
+# A training worker's /tmp: with an s3:// output the run (model, checkpoints) is staged there.
+TRAINER_SCRATCH_SIZE = "8Gi"
+# A server pod's model directory, that the fetched model lies in, and its /tmp.
+SERVER_MODEL_SIZE = "8Gi"
+SERVER_SCRATCH_SIZE = "1Gi"
+
 
 def labels(kind_label: str, name: str, component: str) -> dict[str, str]:
     """Selector-safe labels of every child; never copied from the custom resource's own."""

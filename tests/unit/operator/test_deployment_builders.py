@@ -276,7 +276,6 @@ def test_service_ports_and_url() -> None:
 
 
 def test_every_empty_dir_has_a_size_limit() -> None:
-    settings = Settings(server_model_size="20Gi", server_scratch_size="512Mi")
-    volumes = _pod(server_deployment(pinned(), PINNED, settings))["volumes"]
+    volumes = _pod(server_deployment(pinned(), PINNED, SETTINGS))["volumes"]
     limits = {v["name"]: v["emptyDir"] for v in volumes if "emptyDir" in v}
-    assert limits == {"models": {"sizeLimit": "20Gi"}, "tmp": {"sizeLimit": "512Mi"}}
+    assert limits == {"models": {"sizeLimit": "8Gi"}, "tmp": {"sizeLimit": "1Gi"}}

@@ -11,7 +11,7 @@ import yaml
 
 from modelyard_operator.api import ModelTraining
 from modelyard_operator.builders.training import job, rendezvous_id, static_children
-from modelyard_operator.settings import Settings, SettingsError
+from modelyard_operator.settings import Settings
 from tests.conftest import load_sample, with_changes
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -153,12 +153,6 @@ def test_only_rank_zero_needs_the_output_but_every_worker_mounts_the_claim() -> 
 
 
 def test_every_empty_dir_has_a_size_limit() -> None:
-    settings = Settings(trainer_scratch_size="3Gi")
-    volumes = job(training(), 1, settings)["spec"]["template"]["spec"]["volumes"]
+    volumes = job(training(), 1, SETTINGS)["spec"]["template"]["spec"]["volumes"]
     limits = {v["name"]: v["emptyDir"] for v in volumes if "emptyDir" in v}
-    assert limits == {"shm": {"medium": "Memory", "sizeLimit": "1Gi"}, "tmp": {"sizeLimit": "3Gi"}}
-
-
-def test_a_bad_size_setting_names_its_variable() -> None:
-    with pytest.raises(SettingsError, match="MODELYARD_TRAINER_SCRATCH_SIZE"):
-        Settings.from_env({"MODELYARD_TRAINER_SCRATCH_SIZE": "lots"})
+    assert limits == {"shm": {"medium": "Memory", "sizeLimit": "1Gi"}, "tmp": {"sizeLimit": "8Gi"}}
