@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -280,9 +281,9 @@ def _previous_attempt_still_running(run: _Run) -> bool:
 
 
 def _of_our_job(pod: Manifest, name: str) -> bool:
-    prefix = job_name(name, 0)[:-1]
+    attempt_job = re.compile(re.escape(job_name(name, 0)[:-1]) + r"[0-9]+")
     return any(
-        r.get("controller") and r.get("kind") == "Job" and str(r.get("name")).startswith(prefix)
+        r.get("controller") and r.get("kind") == "Job" and attempt_job.fullmatch(str(r.get("name")))
         for r in pod["metadata"].get("ownerReferences") or []
     )
 
