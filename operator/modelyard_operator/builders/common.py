@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from modelyard_operator.api.meta import (
@@ -15,6 +17,7 @@ from modelyard_operator.api.meta import (
 FIELD_MANAGER = "modelyard-operator"
 MANAGED_BY = "modelyard-operator"
 PART_OF = "modelyard"
+SPEC_HASH_ANNOTATION = "modelyard.dev/spec-hash"
 
 Manifest = dict[str, Any]
 
@@ -85,6 +88,14 @@ def child(
         },
         **body,
     }
+
+
+def with_spec_hash(manifest: Manifest) -> Manifest:
+    """Stamp the manifest with a hash of itself, so an unchanged child is never re-applied."""
+    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+    metadata = manifest["metadata"]
+    annotations = {**metadata.get("annotations", {}), SPEC_HASH_ANNOTATION: digest}
+    return {**manifest, "metadata": {**metadata, "annotations": annotations}}
 
 
 def restricted_pod_security() -> dict[str, Any]:

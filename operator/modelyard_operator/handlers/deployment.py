@@ -19,6 +19,7 @@ from modelyard_operator.builders.common import (
     Manifest,
     pvc_claim_and_path,
 )
+from modelyard_operator.builders.common import with_spec_hash as stamped
 from modelyard_operator.builders.deployment import (
     KIND,
     KIND_LABEL,
@@ -250,7 +251,7 @@ def _apply_children(
             md.metadata.name,
             SERVICE_MONITOR_CRD,
         )
-    wanted = children(md, model, settings, monitor)
+    wanted = [stamped(m) for m in children(md, model, settings, monitor)]
     if is_autoscaled(md) and live_deployment is not None and _owns_replicas(live_deployment):
         _hand_replicas_to_hpa(kube, live_deployment)
 

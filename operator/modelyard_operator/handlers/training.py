@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from modelyard_operator.api.meta import API_VERSION
 from modelyard_operator.api.training import ModelTraining, ModelTrainingStatus
-from modelyard_operator.builders.common import controlled_by
+from modelyard_operator.builders.common import controlled_by, with_spec_hash
 from modelyard_operator.builders.training import (
     KIND,
     KIND_LABEL,
@@ -79,7 +79,7 @@ def _carry_out(kube: Kube, settings: Settings, mt: ModelTraining, plan: Plan) ->
     """Children, then Jobs; returns why children could not be written (the Job of a new
     attempt is created only when every other child is ours and applied)."""
     namespace, uid = mt.metadata.namespace, mt.metadata.uid
-    children = static_children(mt, settings)
+    children = [with_spec_hash(c) for c in static_children(mt, settings)]
     rejected: list[str] = []
     if plan.keep_children:
         rejected = apply_children(kube, children)
