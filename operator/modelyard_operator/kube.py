@@ -163,8 +163,9 @@ def _found(item: Any, live: list[Any], key: str | None) -> bool:
 
 def drifted(desired: Manifest, live: Manifest) -> bool:
     """Whether the live object differs from the manifest in a field that the manifest sets:
-    a change of ours (new spec) or someone else's edit of a field we own. An unchanged child
-    compares equal, so that a reconcile of an unchanged object writes nothing."""
+    a change of ours (new spec; the manifest's spec-hash annotation differs, even when only a
+    field was dropped) or someone else's edit of a field we own. An unchanged child compares
+    equal, so that a reconcile of an unchanged object writes nothing."""
     return not _same(
         {k: v for k, v in desired.items() if k not in ("apiVersion", "kind")},
         {k: v for k, v in live.items() if k not in ("apiVersion", "kind")},

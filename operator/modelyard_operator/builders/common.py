@@ -91,7 +91,9 @@ def child(
 
 
 def with_spec_hash(manifest: Manifest) -> Manifest:
-    """Stamp the manifest with a hash of itself, so an unchanged child is never re-applied."""
+    """Stamp the manifest with a hash of itself: a change of what we want, removals included
+    (which a comparison of the fields we set cannot see), changes the annotation, and so is
+    applied (see kube.drifted)."""
     digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
     metadata = manifest["metadata"]
     annotations = {**metadata.get("annotations", {}), SPEC_HASH_ANNOTATION: digest}

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from modelyard_operator.api import ModelTraining
+from modelyard_operator.builders.common import with_spec_hash
 from modelyard_operator.builders.training import job, progress_role, static_children
 from modelyard_operator.kube import drifted
 from modelyard_operator.settings import Settings
@@ -83,3 +84,11 @@ def test_changed_values_in_keyed_lists_and_quantities_are_drift() -> None:
         live = copy.deepcopy(desired)
         edit(live["spec"]["containers"][0])
         assert drifted({"spec": desired}, {"spec": live})
+
+
+def test_a_field_we_no_longer_set_is_drift_through_the_spec_hash() -> None:
+    before = with_spec_hash(progress_role(training()))
+    wanted = progress_role(training())
+    del wanted["rules"][0]["resourceNames"]  # the live rule still names the ConfigMap
+    assert drifted(with_spec_hash(wanted), as_served(before))
+    assert not drifted(before, as_served(before))
