@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from modelyard_operator.api.deployment import ModelDeployment, ModelDeploymentStatus, ServedModel
 from modelyard_operator.api.meta import API_VERSION, Condition
-from modelyard_operator.api.training import ModelTrainingStatus
+from modelyard_operator.api.training import ModelTrainingStatus, Output
 from modelyard_operator.builders.common import (
     FIELD_MANAGER,
     Manifest,
@@ -162,8 +162,8 @@ def reconcile_deployment(
 
 def _observe(kube: Kube, settings: Settings, md: ModelDeployment) -> Observed:
     namespace, name = md.metadata.namespace, md.metadata.name
-    training_found, training = _read_training(kube, namespace, md.spec.model.from_training)
-    resolution = resolve_model(md, training_found, training)
+    training_found, training, origin = _read_training(kube, namespace, md.spec.model.from_training)
+    resolution = resolve_model(md, training_found, training, origin)
     return Observed(
         resolution=resolution,
         claim_found=resolution.model is None
@@ -178,17 +178,20 @@ def _observe(kube: Kube, settings: Settings, md: ModelDeployment) -> Observed:
 
 def _read_training(
     kube: Kube, namespace: str, name: str | None
-) -> tuple[bool, ModelTrainingStatus | None]:
+) -> tuple[bool, ModelTrainingStatus | None, tuple[str, str] | None]:
+    """Whether it exists, its status, and its output URI and uid (where its results must be)."""
     if name is None:
-        return False, None
+        return False, None, None
     body = kube.get(API_VERSION, "ModelTraining", namespace, name)
     if body is None:
-        return False, None
+        return False, None, None
+    output = ((body.get("spec") or {}).get("output") or {}).get("uri") or Output().uri
+    origin = (str(output), str(body["metadata"]["uid"]))
     try:
-        return True, ModelTrainingStatus.model_validate(body.get("status") or {})
+        return True, ModelTrainingStatus.model_validate(body.get("status") or {}), origin
     except ValidationError:
         log.warning("ignoring the unreadable status of ModelTraining %s/%s", namespace, name)
-        return True, ModelTrainingStatus()
+        return True, ModelTrainingStatus(), origin
 
 
 class ClaimMemo:

@@ -49,6 +49,7 @@ from modelyard_operator.status.conditions import (
     rfc3339,
     set_condition,
 )
+from modelyard_operator.status.training import inside_run, run_location
 from modelyard_server.contracts import parse_load_failure
 from modelyard_storage.uri import PVC_URI_PATTERN, S3_URI_PATTERN, is_s3
 
@@ -116,9 +117,15 @@ def served(model: ServedModel) -> ServedModel:
 
 
 def resolve_model(
-    md: ModelDeployment, training_found: bool, training: ModelTrainingStatus | None
+    md: ModelDeployment,
+    training_found: bool,
+    training: ModelTrainingStatus | None,
+    origin: tuple[str, str] | None = None,
 ) -> Resolution:
-    """The candidate model: the fixed URI, or the gated result of the named training."""
+    """The candidate model: the fixed URI, or the gated result of the named training.
+    `origin`: the training's output URI and uid; a result outside that training's own run
+    location is refused (the training refuses one already: this holds against a status
+    written by someone else)."""
     source = md.spec.model
     if source.uri is not None:
         return Resolution(
@@ -136,6 +143,17 @@ def resolve_model(
     result = training.result
     if result is None:
         return Resolution(None, "TrainingNotSucceeded", _no_result_message(name, training))
+    if origin is not None:
+        location = run_location(
+            origin[0], md.metadata.namespace, name, origin[1], result.generation
+        )
+        if not inside_run(result.artifact_uri, result.model_file, location):
+            return Resolution(
+                None,
+                "ResultRejected",
+                f"ModelTraining {name!r} generation {result.generation} reports "
+                f"{result.model_uri[:512]!r}, outside its own output location {location}/",
+            )
     if not _servable(result.model_uri):
         return Resolution(
             None,

@@ -373,24 +373,30 @@ def _succeed(run: _Run, pods: list[Manifest]) -> None:
     run.finish(True, "RunSucceeded", f"model at {run.status.result.model_uri}{summary}")
 
 
-def run_location(mt: ModelTraining) -> str:
-    """The one directory where this generation's artifacts may be."""
-    meta = mt.metadata
-    relpath = artifact_relpath(meta.namespace, meta.name, meta.uid, meta.generation)
-    return join_uri(mt.spec.output.uri, relpath)
+def run_location(output_uri: str, namespace: str, name: str, uid: str, generation: int) -> str:
+    """The one directory where a run's artifacts may be."""
+    return join_uri(output_uri, artifact_relpath(namespace, name, uid, generation))
+
+
+def inside_run(artifact_uri: str, model_file: str, location: str) -> bool:
+    """Whether the artifacts and the model file lie under the run's location (no `.`, `..` or
+    empty segment below it): a forged or confused result is never taken, nor promoted."""
+    artifact = artifact_uri.rstrip("/")
+    inside = artifact == location or artifact.startswith(location + "/")
+    below = f"{artifact.removeprefix(location)}/{model_file}".strip("/").split("/")
+    return inside and not any(part in ("", ".", "..") for part in below)
 
 
 def _outside_the_run(run: _Run, result: TrainingResult) -> str | None:
-    """Why the result cannot be this run's: its artifacts or model file outside the run's
-    own output location (a forged or confused result is never promoted)."""
-    location = run_location(run.mt)
-    artifact = result.artifact_uri.rstrip("/")
-    inside = artifact == location or artifact.startswith(location + "/")
-    below = f"{artifact.removeprefix(location)}/{result.model_file}".strip("/").split("/")
-    if inside and not any(part in ("", ".", "..") for part in below):
+    """Why the result cannot be this run's, or None."""
+    meta = run.mt.metadata
+    location = run_location(
+        run.mt.spec.output.uri, meta.namespace, meta.name, meta.uid, meta.generation
+    )
+    if inside_run(result.artifact_uri, result.model_file, location):
         return None
     return (
-        f"rank 0 reported artifacts at {artifact[:512]!r} (model file "
+        f"rank 0 reported artifacts at {result.artifact_uri[:512]!r} (model file "
         f"{result.model_file[:128]!r}), outside this run's output location {location}/: "
         "the result is refused"
     )

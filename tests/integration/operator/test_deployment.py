@@ -292,7 +292,8 @@ def _training(objects: Objects) -> None:
 
 
 def _finish_training(objects: Objects, generation: int, accuracy: float) -> str:
-    uri = f"pvc://{MODELS_CLAIM}/{objects.namespace}/digits/u/g{generation}"
+    uid = objects.get("modeltrainings", "digits")["metadata"]["uid"]
+    uri = f"pvc://{MODELS_CLAIM}/{objects.namespace}/digits/{uid}/g{generation}"
     model_uri = f"{uri}/model.onnx"
     objects.patch_status(
         "modeltrainings",

@@ -669,3 +669,24 @@ def test_a_rejected_child_is_not_ready_and_said_once() -> None:
     )
     assert condition(resolved_plan, "ChildrenApplied") == ("True", "Applied")
     assert condition(resolved_plan, "Ready") == ("True", "ModelLoaded")
+
+
+@pytest.mark.parametrize(
+    ("result", "promoted"),
+    [
+        ({}, True),  # pvc://models/ml/digits/u/g3, the training's own run
+        ({"artifactUri": "s3://attacker-bucket/x", "modelUri": "s3://attacker-bucket/x/m"}, False),
+        ({"artifactUri": "pvc://models/ml/digits/other-uid/g3"}, False),
+        ({"artifactUri": "pvc://models/ml/digits/u/g2"}, False),  # not its generation's run
+        ({"modelFile": "../../g1/model.onnx"}, False),
+    ],
+)
+def test_only_a_result_under_the_trainings_own_run_is_promoted(
+    result: dict[str, Any], promoted: bool
+) -> None:
+    status = training({"metrics": {"test_accuracy": 1.0}, **result}, phase="Succeeded")
+    resolution = resolve_model(from_training(), True, status, ("pvc://models", "u"))
+    assert (resolution.model is not None) == promoted
+    if not promoted:
+        assert resolution.reason == "ResultRejected"
+        assert "pvc://models/ml/digits/u/g3/" in resolution.message
