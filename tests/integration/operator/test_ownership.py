@@ -12,8 +12,15 @@ from kubernetes.client.rest import ApiException
 
 from modelyard_operator.builders.deployment import SERVER_CONTAINER
 from modelyard_trainer.contracts import TrainingResult
-from tests.integration.operator.kinds import MANUAL_POD_LABELS, Objects
-from tests.integration.operator.test_deployment import drive_pod, model_deployment, pods_of_model
+from tests.integration.operator.kinds import MANUAL_POD_LABELS, MODELS_CLAIM, Objects
+from tests.integration.operator.test_deployment import (
+    _training,
+    drive_pod,
+    model_deployment,
+    model_uri_of,
+    pods_of_model,
+)
+from tests.integration.operator.test_deployment import condition as md_condition
 from tests.integration.operator.test_deployment import has as md_has
 from tests.integration.operator.test_training import (
     PLURAL,
@@ -180,3 +187,24 @@ def test_an_edited_server_deployment_is_put_back_within_a_resync(objects: Object
         return str(deployment.spec.template.spec.containers[0].image)
 
     wait_until(lambda: image_now() == image, timeout=20, what="the server image back")
+
+
+def test_a_training_result_outside_its_own_run_is_never_promoted(objects: Objects) -> None:
+    _training(objects)  # suspended: its status is set here as a finished run's
+    gate = {"metric": "test_accuracy", "minimum": 0.9}
+    objects.create(PLURAL_MD, model_deployment(model={"fromTraining": "digits", "gate": gate}))
+    elsewhere = f"pvc://{MODELS_CLAIM}/elsewhere"
+    forged = {
+        "generation": 1,
+        "artifactUri": elsewhere,
+        "modelFile": "model.onnx",
+        "modelUri": f"{elsewhere}/model.onnx",
+        "sha256": "ee" * 32,
+        "metrics": {"test_accuracy": 1.0},
+    }
+    objects.patch_status(
+        PLURAL, "digits", {"observedGeneration": 1, "phase": "Succeeded", "result": forged}
+    )
+    md = objects.wait_for(PLURAL_MD, "m", md_has("ModelResolved", "False", "ResultRejected"))
+    assert "outside its own output location" in md_condition(md, "ModelResolved")["message"]
+    assert model_uri_of(objects, "m") is None  # nothing deployed
