@@ -57,6 +57,26 @@ def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval:
         time.sleep(interval)
 
 
+def progress_line(status: dict[str, Any]) -> str:
+    """One line of a ModelTraining's status: phase, attempt, stage, epochs done of planned and
+    percent (from status.progress's fields; fewer epochs than planned at 100% means that early
+    stopping ended the training), the latest loss and validation accuracy, and the ETA."""
+    progress = status.get("progress") or {}
+    validation = progress.get("validation") or {}
+    loss, accuracy = progress.get("loss"), validation.get("val_accuracy")
+    epoch, epochs = progress.get("epoch", 0), progress.get("epochs", 0)
+    percent = float(progress.get("percent") or 0.0)
+    early = " stopped early" if percent >= 100 and 0 < epoch < epochs else ""
+    epochs_text = f"epoch {epoch}/{epochs} ({percent:.0f}%){early}" if epochs else "-"
+    return (
+        f"{status.get('phase', 'Pending'):<9} attempt {status.get('attempt', 0)}  "
+        f"{progress.get('stage') or '-':<13} {epochs_text:<18} "
+        f"loss {'-' if loss is None else f'{loss:.4f}':<7} "
+        f"val_accuracy {'-' if accuracy is None else f'{accuracy:.3f}':<6} "
+        f"ETA {progress.get('eta') or '-'}"
+    )
+
+
 def run(*command: str) -> None:
     subprocess.run(command, check=True)
 
@@ -146,16 +166,7 @@ class Demo:
         def finished() -> dict[str, Any] | None:
             nonlocal last
             status = self.get("modeltrainings", TRAINING).get("status", {})
-            progress = status.get("progress", {})
-            validation = progress.get("validation", {})
-            loss, accuracy = progress.get("loss"), validation.get("val_accuracy")
-            line = (
-                f"{status.get('phase', 'Pending'):<9} attempt {status.get('attempt', 0)}  "
-                f"{progress.get('stage', ''):<13} {progress.get('summary', ''):<14} "
-                f"loss {'-' if loss is None else f'{loss:.4f}':<7} "
-                f"val_accuracy {'-' if accuracy is None else f'{accuracy:.3f}':<6} "
-                f"ETA {progress.get('eta') or '-'}"
-            )
+            line = progress_line(status)
             if line != last:
                 print(f"[{time.monotonic() - started:6.0f}s] {line}", flush=True)
                 last = line

@@ -4,24 +4,35 @@ A thin REST client (httpx) on the credentials that the `kubernetes` package load
 kubeconfig or from the pod's service account. Children are written with server-side apply
 under the field manager "modelyard-operator"; Jobs are created once and never re-applied, so
 that the operator owns no field that Kueue or the Job controller may change.
+
+Every child of both kinds goes through `apply_owned` / `create_owned` / `delete_owned`: an
+object of a child's name that its custom resource does not control (someone else's
+NetworkPolicy, ConfigMap, ...) is never written or deleted (`ForeignObject`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import ssl
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import httpx
 from kubernetes import config as kube_config
 from kubernetes.client import Configuration
 
-from modelyard_operator.builders.common import FIELD_MANAGER, SPEC_HASH_ANNOTATION, Manifest
+from modelyard_operator.builders.common import (
+    FIELD_MANAGER,
+    Manifest,
+    controlled_by,
+    controller_uid,
+)
 from modelyard_operator.metrics import API_REQUEST_SECONDS, API_REQUESTS
 
 log = logging.getLogger(__name__)
@@ -47,6 +58,8 @@ PLURALS = {
     "CustomResourceDefinition": "customresourcedefinitions",
 }
 CLUSTER_SCOPED = {"CustomResourceDefinition"}
+# "Not read yet" for an optional argument whose None means "read: absent".
+UNREAD: Manifest = {}
 
 
 class ApiError(Exception):
@@ -57,6 +70,106 @@ class ApiError(Exception):
         self.status = status
         self.reason = reason
         self.message = message
+
+
+class ForeignObject(Exception):
+    """A child's name is taken by an object that the child's custom resource does not
+    control: it is neither written nor deleted, and the custom resource says so."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        owner = next(
+            (r.get("kind") for r in manifest["metadata"].get("ownerReferences") or []),
+            "custom resource",
+        )
+        super().__init__(
+            f"{manifest['kind']} {manifest['metadata']['name']} already exists and does not "
+            f"belong to this {owner}: delete or rename it"
+        )
+
+
+# Lists whose items other managers may add to, merged by the API server per key (None: the
+# item as a whole): a desired item must be found among the live ones; others' items stay (a
+# server-side apply does not remove them either). Every other list is atomic: compared whole.
+ASSOCIATIVE_LISTS: dict[str, str | None] = {
+    "ownerReferences": "uid",
+    "containers": "name",
+    "initContainers": "name",
+    "env": "name",
+    "volumes": "name",
+    "volumeMounts": "mountPath",
+    "imagePullSecrets": "name",
+    "ports": None,
+}
+_QUANTITY = re.compile(
+    r"^([+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+))([eE][+-]?[0-9]+|[KMGTPE]i|[numkMGTPE])?$"
+)
+_SUFFIXES = {
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "k": Decimal(10) ** 3,
+    "M": Decimal(10) ** 6,
+    "G": Decimal(10) ** 9,
+    "T": Decimal(10) ** 12,
+    "P": Decimal(10) ** 15,
+    "E": Decimal(10) ** 18,
+    **{f"{p}i": Decimal(2) ** (10 * (i + 1)) for i, p in enumerate("KMGTPE")},
+}
+
+
+def _quantity(value: Any) -> Decimal | None:
+    """A resource quantity's value ("1Gi" == "1024Mi", "500m" == "0.5"), or None."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    found = _QUANTITY.match(str(value))
+    if found is None:
+        return None
+    number, suffix = found.groups()
+    try:
+        if suffix and suffix[0] in "eE":
+            return Decimal(number + suffix)
+        return Decimal(number) * _SUFFIXES.get(suffix or "", Decimal(1))
+    except InvalidOperation:
+        return None
+
+
+def _same(desired: Any, live: Any, field: str = "") -> bool:
+    """Whether `live` has every field that `desired` sets, with the same value. What the API
+    server adds (defaults, other managers' fields) is not compared; what it drops when empty
+    or false (omitempty) compares equal to absent; quantities compare by value."""
+    if isinstance(desired, dict):
+        live = live if isinstance(live, dict) else {}
+        return all(_same(value, live.get(key), key) for key, value in desired.items())
+    if isinstance(desired, list):
+        live = live if isinstance(live, list) else []
+        if field in ASSOCIATIVE_LISTS:
+            key = ASSOCIATIVE_LISTS[field]
+            return all(_found(item, live, key) for item in desired)
+        return len(desired) == len(live) and all(map(_same, desired, live))
+    if live is None:
+        return not desired
+    if desired == live and type(desired) is type(live):
+        return True
+    wanted = _quantity(desired)
+    return wanted is not None and wanted == _quantity(live)
+
+
+def _found(item: Any, live: list[Any], key: str | None) -> bool:
+    if key is not None and isinstance(item, dict) and key in item:
+        matching = [x for x in live if isinstance(x, dict) and x.get(key) == item[key]]
+        return bool(matching) and _same(item, matching[0])
+    return any(_same(item, candidate) for candidate in live)
+
+
+def drifted(desired: Manifest, live: Manifest) -> bool:
+    """Whether the live object differs from the manifest in a field that the manifest sets:
+    a change of ours (new spec; the manifest's spec-hash annotation differs, even when only a
+    field was dropped) or someone else's edit of a field we own. An unchanged child compares
+    equal, so that a reconcile of an unchanged object writes nothing."""
+    return not _same(
+        {k: v for k, v in desired.items() if k not in ("apiVersion", "kind")},
+        {k: v for k, v in live.items() if k not in ("apiVersion", "kind")},
+    )
 
 
 def resource_path(
@@ -283,7 +396,8 @@ class Kube:
         return items
 
     def apply(self, manifest: Manifest) -> Manifest:
-        """Server-side apply under our field manager, taking over conflicting fields."""
+        """Server-side apply under our field manager, taking over conflicting fields (of an
+        object that is ours: see `apply_owned`)."""
         params = {"fieldManager": FIELD_MANAGER, "force": "true"}
         applied: Manifest = self.request(
             "PATCH",
@@ -295,19 +409,43 @@ class Kube:
         self.observed_write(applied)
         return applied
 
-    def apply_if_changed(self, manifest: Manifest) -> bool:
-        """Apply unless the live object has the same spec hash: no write when nothing changed."""
+    def apply_owned(self, manifest: Manifest, live: Manifest | None = UNREAD) -> bool:
+        """Apply a child when it is missing or differs from the live one (`drifted`); False
+        when nothing was written. The manifest's controller ownerReference names its owner;
+        an object of that name that the owner does not control raises ForeignObject.
+        `live`: the object as the caller read it already (None: absent), else it is read.
+
+        The apply carries a precondition, so that an object that someone made or replaced
+        since it was read is not taken over: the uid read (an apply to an object with another
+        uid is refused), or, to create, resourceVersion "1", which no existing object has
+        (etcd's first revision is the cluster's first write; a create ignores it) and which
+        makes the API server answer 409 when an object of that name exists after all."""
         meta = manifest["metadata"]
-        live = self.get(
-            manifest["apiVersion"], manifest["kind"], meta.get("namespace"), meta["name"]
-        )
-        wanted = meta.get("annotations", {}).get(SPEC_HASH_ANNOTATION)
-        if live is not None and wanted is not None:
-            annotations = live["metadata"].get("annotations") or {}
-            if annotations.get(SPEC_HASH_ANNOTATION) == wanted:
+        if live is UNREAD:
+            live = self.get(
+                manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"]
+            )
+        if live is None:
+            precondition = {"resourceVersion": "1"}
+        else:
+            if not controlled_by(live, controller_uid(manifest) or ""):
+                raise ForeignObject(manifest)
+            if not drifted(manifest, live):
                 return False
-        self.apply(manifest)
+            precondition = {"uid": str(live["metadata"]["uid"])}
+        self.apply({**manifest, "metadata": {**meta, **precondition}})
         return True
+
+    def create_owned(self, manifest: Manifest) -> bool:
+        """Create a child once; False when it exists already (and is ours): ForeignObject
+        when an object of its name is not controlled by the manifest's owner."""
+        if self.create(manifest):
+            return True
+        meta = manifest["metadata"]
+        live = self.get(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+        if live is not None and not controlled_by(live, controller_uid(manifest) or ""):
+            raise ForeignObject(manifest)
+        return False
 
     def create(self, manifest: Manifest) -> bool:
         """Create once; False when it exists already."""
@@ -324,6 +462,21 @@ class Kube:
         self.observed_write(created)
         return True
 
+    def delete_owned(
+        self, api_version: str, kind: str, namespace: str, name: str, owner_uid: str
+    ) -> bool:
+        """Delete a child that `owner_uid` controls; anything else of that name stays. The
+        uid read is a precondition of the delete, so a replacement made meanwhile stays too."""
+        live = self.get_managed(api_version, kind, namespace, name)
+        if live is None or not controlled_by(live, owner_uid):
+            return False
+        try:
+            return self.delete(api_version, kind, namespace, name, uid=str(live["metadata"]["uid"]))
+        except ApiError as error:
+            if error.status == 409:  # not the object we read any more
+                return False
+            raise
+
     def delete(
         self,
         api_version: str,
@@ -331,8 +484,16 @@ class Kube:
         namespace: str | None,
         name: str,
         propagation: str = "Background",
+        uid: str | None = None,
     ) -> bool:
-        body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation}
+        """`uid`: delete only the object with this uid (a precondition)."""
+        body: dict[str, Any] = {
+            "kind": "DeleteOptions",
+            "apiVersion": "v1",
+            "propagationPolicy": propagation,
+        }
+        if uid is not None:
+            body["preconditions"] = {"uid": uid}
         try:
             self.request("DELETE", resource_path(api_version, kind, namespace, name), body=body)
         except ApiError as error:

@@ -21,6 +21,14 @@ SPEC_HASH_ANNOTATION = "modelyard.dev/spec-hash"
 
 Manifest = dict[str, Any]
 
+# sizeLimit of the disk-backed emptyDirs of our pods, so that a pod that fills one is evicted
+# instead of filling its node's disk (/dev/shm is memory-backed, sized by spec.shmSize).
+# A training worker's /tmp: with an s3:// output the run (model, checkpoints) is staged there.
+TRAINER_SCRATCH_SIZE = "8Gi"
+# A server pod's model directory, that the fetched model lies in, and its /tmp.
+SERVER_MODEL_SIZE = "8Gi"
+SERVER_SCRATCH_SIZE = "1Gi"
+
 
 def labels(kind_label: str, name: str, component: str) -> dict[str, str]:
     """Selector-safe labels of every child; never copied from the custom resource's own."""
@@ -42,6 +50,21 @@ def owner_reference(kind: str, meta: ObjectMeta) -> dict[str, Any]:
         "controller": True,
         "blockOwnerDeletion": True,
     }
+
+
+def controller_uid(obj: Manifest) -> str | None:
+    """The uid of the object's controller (the ownerReference with controller: true)."""
+    for reference in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if reference.get("controller"):
+            return str(reference.get("uid"))
+    return None
+
+
+def controlled_by(obj: Manifest, uid: str) -> bool:
+    """Whether `uid` controls the object: only such an object is ours to write or delete (a
+    label or a name can be copied by anyone; a controller reference to our uid is made by us,
+    or by a controller of ours such as the Job controller for its pods)."""
+    return bool(uid) and controller_uid(obj) == uid
 
 
 def child(
@@ -68,7 +91,9 @@ def child(
 
 
 def with_spec_hash(manifest: Manifest) -> Manifest:
-    """Stamp the manifest with a hash of itself, so an unchanged child is never re-applied."""
+    """Stamp the manifest with a hash of itself: a change of what we want, removals included
+    (which a comparison of the fields we set cannot see), changes the annotation, and so is
+    applied (see kube.drifted)."""
     digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
     metadata = manifest["metadata"]
     annotations = {**metadata.get("annotations", {}), SPEC_HASH_ANNOTATION: digest}

@@ -13,6 +13,8 @@ from typing import Any
 
 from modelyard_operator.api.deployment import ModelDeployment, ServedModel
 from modelyard_operator.builders.common import (
+    SERVER_MODEL_SIZE,
+    SERVER_SCRATCH_SIZE,
     Manifest,
     child,
     labels,
@@ -236,8 +238,8 @@ def server_deployment(md: ModelDeployment, model: ServedModel, settings: Setting
         "initContainers": [_fetch_container(md, model, image, pull)],
         "containers": [_server_container(md, model, image, pull, settings)],
         "volumes": [
-            {"name": "models", "emptyDir": {}},
-            {"name": "tmp", "emptyDir": {}},
+            {"name": "models", "emptyDir": {"sizeLimit": SERVER_MODEL_SIZE}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": SERVER_SCRATCH_SIZE}},
             *(
                 [
                     {

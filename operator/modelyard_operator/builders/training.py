@@ -8,6 +8,7 @@ import yaml
 
 from modelyard_operator.api.training import ModelTraining
 from modelyard_operator.builders.common import (
+    TRAINER_SCRATCH_SIZE,
     Manifest,
     child,
     labels,
@@ -229,7 +230,7 @@ def job(mt: ModelTraining, attempt: int, settings: Settings) -> Manifest:
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": config_map_name(meta.name)}},
         {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm_size}},
-        {"name": "tmp", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": TRAINER_SCRATCH_SIZE}},
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},

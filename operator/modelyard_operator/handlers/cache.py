@@ -49,7 +49,9 @@ CUSTOM_RESOURCE_KINDS = ("ModelDeployment", "ModelTraining")
 # Kinds whose managedFields a reconcile reads (who owns a Deployment's replicas); the field is
 # dropped from every other cached object: it is a good part of each object's size.
 KEEP_MANAGED_FIELDS = {"Deployment"}
-TEMPLATED_KINDS = {"Deployment", "Job"}
+# Kinds whose pod template spec is dropped: a Job's is never re-applied (a Deployment's is
+# compared with what we want, to correct someone else's edit).
+TEMPLATED_KINDS = {"Job"}
 
 EVENT_BACKLOG = 10_000
 # (kind, "ADDED" | "MODIFIED" | "DELETED", object)
@@ -65,10 +67,11 @@ def _version(obj: Manifest) -> int | None:
 
 def _slim(kind: str, obj: Manifest) -> Manifest:
     """What the reconcilers read of a cached object, to keep the cache small: managedFields
-    (but ours on Deployments: who owns `replicas`), the pod spec of Deployment and Job
-    templates (the planners read the template's annotations, never its spec) and the spec of
-    pods (the planners read their metadata and status) are dropped. A server Deployment is
-    ~28 KiB in memory with all, ~5 KiB without."""
+    (but ours on Deployments: who owns `replicas`), the pod spec of Job templates (the
+    planners read the template's annotations, never its spec) and the spec of pods (the
+    planners read their metadata and status) are dropped. A server Deployment is ~28 KiB in
+    memory with all, ~5 KiB without managedFields and its template's spec; that spec is kept,
+    since drift of what we applied is corrected (see kube.drifted)."""
     meta = obj.get("metadata") or {}
     if "managedFields" in meta:
         meta = dict(meta)

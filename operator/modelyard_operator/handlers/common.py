@@ -1,5 +1,5 @@
 """Shared by both kinds: status written only when something changed; children applied side
-by side."""
+by side, each ownership-checked, a child that cannot be applied reported rather than raised."""
 
 from __future__ import annotations
 
@@ -12,10 +12,13 @@ from pydantic import BaseModel
 
 from modelyard_operator.api.meta import Condition
 from modelyard_operator.builders.common import Manifest
-from modelyard_operator.kube import ApiError, Kube
+from modelyard_operator.kube import UNREAD, ApiError, ForeignObject, Kube
 from modelyard_operator.status.conditions import set_condition
 
 T = TypeVar("T")
+R = TypeVar("R")
+# Answers that retrying the same request cannot change (invalid, forbidden).
+REFUSED = (400, 403, 422)
 # Threads that apply one reconcile's children at once: a new ModelTraining has six static
 # children, each a read and a write; one after the other they made its first reconcile the
 # slowest of all (seconds on a loaded API server). Shared by every worker, so the calls in
@@ -23,12 +26,43 @@ T = TypeVar("T")
 _appliers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="apply")
 
 
-def for_each(action: Callable[[T], object], items: Iterable[T]) -> None:
-    """`action` on every item, side by side; re-raises the first failure once all are done."""
+def for_each(action: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """`action` on every item, side by side; its results in order, or the first failure
+    re-raised once all are done."""
     futures = [_appliers.submit(action, item) for item in items]
     errors = [error for future in futures if (error := future.exception()) is not None]
     if errors:
         raise errors[0]
+    return [future.result() for future in futures]
+
+
+def rejection(manifest: Manifest, write: Callable[[], object]) -> str | None:
+    """Why the child cannot be written, or None once `write` did its part. Conflicts,
+    throttling and outages are raised: the work queue retries them with backoff."""
+    try:
+        write()
+    except ForeignObject as error:
+        return str(error)
+    except ApiError as error:
+        if error.status not in REFUSED:
+            raise
+        name = f"{manifest['kind']} {manifest['metadata']['name']}"
+        return f"the API server refused {name}: {error.message}"
+    return None
+
+
+def apply_children(
+    kube: Kube,
+    manifests: Iterable[Manifest],
+    live: Callable[[Manifest], Manifest | None] = lambda _: UNREAD,
+) -> list[str]:
+    """Apply every child, side by side (`Kube.apply_owned`); returns why some could not be.
+    `live`: the live object of a child when the caller read it already."""
+
+    def apply(manifest: Manifest) -> str | None:
+        return rejection(manifest, lambda: kube.apply_owned(manifest, live(manifest)))
+
+    return [found for found in for_each(apply, manifests) if found is not None]
 
 
 def dumped(model: BaseModel) -> dict[str, Any]:

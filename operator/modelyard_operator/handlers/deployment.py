@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,10 +13,9 @@ from pydantic import ValidationError
 
 from modelyard_operator.api.deployment import ModelDeployment, ModelDeploymentStatus, ServedModel
 from modelyard_operator.api.meta import API_VERSION, Condition
-from modelyard_operator.api.training import ModelTrainingStatus
+from modelyard_operator.api.training import ModelTrainingStatus, Output
 from modelyard_operator.builders.common import (
     FIELD_MANAGER,
-    SPEC_HASH_ANNOTATION,
     Manifest,
     pvc_claim_and_path,
 )
@@ -30,16 +30,15 @@ from modelyard_operator.builders.deployment import (
     service_url,
 )
 from modelyard_operator.handlers.common import (
+    apply_children,
     dumped,
-    for_each,
     namespace_terminating,
     write_status,
 )
-from modelyard_operator.kube import ApiError, Kube, manifest_path
+from modelyard_operator.kube import UNREAD, ApiError, Kube, manifest_path
 from modelyard_operator.settings import Settings
 from modelyard_operator.status.conditions import condition_is, set_condition
 from modelyard_operator.status.deployment import (
-    Event,
     Observed,
     Plan,
     plan_deployment,
@@ -52,12 +51,6 @@ log = logging.getLogger(__name__)
 # Takes `spec.replicas` over from us when an HPA starts scaling a Deployment whose replicas we
 # applied: dropping the field from our apply would otherwise reset the Deployment to 1 replica.
 HANDOVER_MANAGER = "modelyard-operator-hpa-handover"
-# Answers that retrying the same request cannot change (invalid, forbidden).
-REFUSED = (400, 403, 422)
-
-
-class ChildError(Exception):
-    """A child cannot be applied, e.g. an object of that name belongs to someone else."""
 
 
 class TrainingIndex:
@@ -151,16 +144,12 @@ def reconcile_deployment(
     observed = _observe(kube, settings, md)
     plan = plan_deployment(md, observed)
     if plan.target is not None:
-        try:
-            _apply_children(kube, settings, md, plan.target, observed.deployment)
-        except ChildError as error:
-            _report_child_error(md, plan, str(error))
-        except ApiError as error:
-            if error.status not in REFUSED:
-                raise  # conflicts, throttling, outages: the work queue retries with backoff
+        rejected = _apply_children(kube, settings, md, plan.target, observed.deployment)
+        if rejected:
             if namespace_terminating(kube, namespace):
                 return None, None  # its deletion takes this object too; nothing to report
-            _report_child_error(md, plan, f"the API server refused a child: {error}")
+            # Planned again knowing it: Ready and ChildrenApplied say why.
+            plan = plan_deployment(md, replace(observed, rejected=tuple(rejected)))
     # After the children: a status never reports what is not done yet (RolledBack only once
     # the Deployment serves the old model again).
     write_status(kube, body, dumped(plan.status), ModelDeploymentStatus)
@@ -173,8 +162,8 @@ def reconcile_deployment(
 
 def _observe(kube: Kube, settings: Settings, md: ModelDeployment) -> Observed:
     namespace, name = md.metadata.namespace, md.metadata.name
-    training_found, training = _read_training(kube, namespace, md.spec.model.from_training)
-    resolution = resolve_model(md, training_found, training)
+    training_found, training, origin = _read_training(kube, namespace, md.spec.model.from_training)
+    resolution = resolve_model(md, training_found, training, origin)
     return Observed(
         resolution=resolution,
         claim_found=resolution.model is None
@@ -189,17 +178,20 @@ def _observe(kube: Kube, settings: Settings, md: ModelDeployment) -> Observed:
 
 def _read_training(
     kube: Kube, namespace: str, name: str | None
-) -> tuple[bool, ModelTrainingStatus | None]:
+) -> tuple[bool, ModelTrainingStatus | None, tuple[str, str] | None]:
+    """Whether it exists, its status, and its output URI and uid (where its results must be)."""
     if name is None:
-        return False, None
+        return False, None, None
     body = kube.get(API_VERSION, "ModelTraining", namespace, name)
     if body is None:
-        return False, None
+        return False, None, None
+    output = ((body.get("spec") or {}).get("output") or {}).get("uri") or Output().uri
+    origin = (str(output), str(body["metadata"]["uid"]))
     try:
-        return True, ModelTrainingStatus.model_validate(body.get("status") or {})
+        return True, ModelTrainingStatus.model_validate(body.get("status") or {}), origin
     except ValidationError:
         log.warning("ignoring the unreadable status of ModelTraining %s/%s", namespace, name)
-        return True, ModelTrainingStatus()
+        return True, ModelTrainingStatus(), origin
 
 
 class ClaimMemo:
@@ -249,7 +241,8 @@ def _apply_children(
     md: ModelDeployment,
     model: ServedModel,
     live_deployment: Manifest | None,
-) -> None:
+) -> list[str]:
+    """Apply the children; returns why some could not be (see `apply_children`)."""
     # Asked once per resync period at most, whatever the spec says: it also tells whether a
     # ServiceMonitor can exist at all, so that no pass reads one from a cluster without them.
     crd = _service_monitor_crd(kube, settings)
@@ -265,56 +258,19 @@ def _apply_children(
     if is_autoscaled(md) and live_deployment is not None and _owns_replicas(live_deployment):
         _hand_replicas_to_hpa(kube, live_deployment)
 
-    def apply(manifest: Manifest) -> None:
-        # _observe found our Deployment already; a miss there is asked about here.
+    def live(manifest: Manifest) -> Manifest | None:
+        # _observe found our Deployment already; a miss there is asked about in the apply.
         known = (
             live_deployment is not None
             and manifest["kind"] == "Deployment"
             and manifest["metadata"]["name"] == md.metadata.name
         )
-        _apply_owned(kube, manifest, md.metadata.uid, live_deployment if known else _UNREAD)
+        return live_deployment if known else UNREAD
 
-    for_each(apply, wanted)
+    rejected = apply_children(kube, wanted, live)
     absent = set() if crd else {"ServiceMonitor"}
     _delete_unwanted(kube, md, {m["kind"] for m in wanted} | absent)
-
-
-_UNREAD: Manifest = {}
-
-
-def _apply_owned(kube: Kube, manifest: Manifest, uid: str, live: Manifest | None = _UNREAD) -> None:
-    """Apply unless unchanged (same spec hash); never take over an object someone else owns.
-    `live`: the object as this pass read it already (None: absent), else it is read here."""
-    meta = manifest["metadata"]
-    if live is _UNREAD:
-        live = kube.get(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
-    if live is not None:
-        owners = live["metadata"].get("ownerReferences") or []
-        if not any(o.get("uid") == uid for o in owners):
-            raise ChildError(
-                f"{manifest['kind']} {meta['name']} already exists and does not belong to this "
-                "ModelDeployment: delete or rename it"
-            )
-        annotations = live["metadata"].get("annotations") or {}
-        if annotations.get(SPEC_HASH_ANNOTATION) == meta["annotations"][SPEC_HASH_ANNOTATION]:
-            return
-    kube.apply(manifest)
-
-
-def _report_child_error(md: ModelDeployment, plan: Plan, message: str) -> None:
-    """Say it in Ready (an Event only when it is news): no crash loop, nothing lost."""
-    was = next((c for c in md.status.conditions if c.type == "Ready"), None)
-    if was is None or was.reason != "ChildRejected" or was.message != message:
-        plan.events.append(Event("Warning", "ChildRejected", message))
-    plan.status.conditions = set_condition(
-        plan.status.conditions,
-        "Ready",
-        False,
-        "ChildRejected",
-        message,
-        datetime.now(UTC),
-        md.metadata.generation,
-    )
+    return rejected
 
 
 def _owns_replicas(deployment: Manifest) -> bool:
@@ -350,12 +306,7 @@ def _delete_unwanted(kube: Kube, md: ModelDeployment, wanted_kinds: set[str]) ->
     for api_version, kind in OPTIONAL_KINDS:
         if kind in wanted_kinds:
             continue
-        live = kube.get_managed(api_version, kind, meta.namespace, meta.name)
-        if live is None:
-            continue
-        owners = live["metadata"].get("ownerReferences") or []
-        if any(o.get("uid") == meta.uid for o in owners):
-            kube.delete(api_version, kind, meta.namespace, meta.name)
+        kube.delete_owned(api_version, kind, meta.namespace, meta.name, meta.uid)
 
 
 def _invalid_spec_status(body: Manifest, message: str) -> dict[str, Any]:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
 from modelyard_operator.api.meta import API_VERSION
 from modelyard_operator.api.training import ModelTraining, ModelTrainingStatus
-from modelyard_operator.builders.common import Manifest, with_spec_hash
+from modelyard_operator.builders.common import controlled_by, with_spec_hash
 from modelyard_operator.builders.training import (
     KIND,
     KIND_LABEL,
@@ -19,15 +19,16 @@ from modelyard_operator.builders.training import (
     static_children,
 )
 from modelyard_operator.handlers.common import (
+    apply_children,
     dumped,
-    for_each,
     invalid_spec_status,
     namespace_terminating,
+    rejection,
     write_status,
 )
-from modelyard_operator.kube import ApiError, Kube
+from modelyard_operator.kube import Kube
 from modelyard_operator.settings import Settings
-from modelyard_operator.status.training import Observed, Plan, plan_training
+from modelyard_operator.status.training import Observed, Plan, parse_progress, plan_training
 from modelyard_trainer.config import format_validation_error
 from modelyard_trainer.contracts import PROGRESS_DATA_KEY, ProgressRecord
 
@@ -53,17 +54,16 @@ def reconcile_training(
     observed = Observed(
         jobs=kube.list("batch/v1", "Job", namespace, selector),
         pods=kube.list("v1", "Pod", namespace, selector),
-        progress=_read_progress(kube, namespace, name),
+        progress=_read_progress(kube, mt),
         now=datetime.now(UTC),
     )
     plan = plan_training(mt, observed)
-
-    try:
-        _carry_out(kube, settings, mt, plan)
-    except ApiError as error:
-        if error.status == 403 and namespace_terminating(kube, namespace):
+    rejected = _carry_out(kube, settings, mt, plan)
+    if rejected:
+        if namespace_terminating(kube, namespace):
             return None, None  # its deletion takes this object too
-        raise
+        # Planned again knowing it: no attempt starts, and the condition says why.
+        plan = plan_training(mt, replace(observed, rejected=tuple(rejected)))
     # After the children: the attempt it reports exists.
     write_status(kube, body, dumped(plan.status), ModelTrainingStatus)
     for event in plan.events:
@@ -75,31 +75,36 @@ def reconcile_training(
     return min(again or settings.resync_seconds, settings.resync_seconds), plan.status.phase
 
 
-def _carry_out(kube: Kube, settings: Settings, mt: ModelTraining, plan: Plan) -> None:
+def _carry_out(kube: Kube, settings: Settings, mt: ModelTraining, plan: Plan) -> list[str]:
+    """Children, then Jobs; returns why children could not be written (the Job of a new
+    attempt is created only when every other child is ours and applied)."""
+    namespace, uid = mt.metadata.namespace, mt.metadata.uid
     children = [with_spec_hash(c) for c in static_children(mt, settings)]
+    rejected: list[str] = []
     if plan.keep_children:
-        for_each(kube.apply_if_changed, children)
+        rejected = apply_children(kube, children)
     else:
-        _delete(kube, children)
-    for job_name in plan.delete_jobs:
-        kube.delete("batch/v1", "Job", mt.metadata.namespace, job_name)
-    if plan.create_attempt is not None:
-        kube.create(job(mt, plan.create_attempt, settings))
+        for child in children:
+            meta = child["metadata"]
+            kube.delete_owned(child["apiVersion"], child["kind"], namespace, meta["name"], uid)
+    for name in plan.delete_jobs:  # the planner's Jobs are ours (controlled by our uid)
+        kube.delete("batch/v1", "Job", namespace, name)
+    if plan.create_attempt is not None and not rejected:
+        manifest = job(mt, plan.create_attempt, settings)
+        refused = rejection(manifest, lambda: kube.create_owned(manifest))
+        rejected += [refused] if refused else []
+    return rejected
 
 
-def _read_progress(kube: Kube, namespace: str, name: str) -> ProgressRecord | None:
+def _read_progress(kube: Kube, mt: ModelTraining) -> ProgressRecord | None:
+    """Rank 0's record from our progress ConfigMap (never from one of that name that is not
+    ours); a malformed one is logged and ignored."""
+    namespace, name = mt.metadata.namespace, mt.metadata.name
     config_map = kube.get_managed("v1", "ConfigMap", namespace, progress_config_map_name(name))
-    text = ((config_map or {}).get("data") or {}).get(PROGRESS_DATA_KEY)
-    if not text:
+    if config_map is None or not controlled_by(config_map, mt.metadata.uid):
         return None
-    try:
-        return ProgressRecord.model_validate(json.loads(text))
-    except (ValueError, ValidationError):
+    text = (config_map.get("data") or {}).get(PROGRESS_DATA_KEY)
+    record = parse_progress(text)
+    if text and record is None:
         log.warning("ignoring a malformed progress record of %s/%s", namespace, name)
-        return None
-
-
-def _delete(kube: Kube, manifests: list[Manifest]) -> None:
-    for manifest in manifests:
-        meta = manifest["metadata"]
-        kube.delete(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+    return record

@@ -3,6 +3,7 @@ that status functions read."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -51,6 +52,34 @@ def set_condition(
         observed_generation=generation,
     )
     return [new if c.type == type_ else c for c in conditions] if old else [*conditions, new]
+
+
+# Both kinds: False while a child cannot be applied (its name is taken by an object that is not
+# ours, or the API server refuses it); set True again once it can; absent until it happens.
+CHILDREN_APPLIED = "ChildrenApplied"
+CHILD_REJECTED = "ChildRejected"
+
+
+def children_applied(
+    conditions: list[Condition], rejected: Sequence[str], now: datetime, generation: int
+) -> tuple[list[Condition], Event | None]:
+    """The ChildrenApplied condition after a pass that applied every child but `rejected`
+    (why each could not be), and the Event to post when that is news."""
+    was = next((c for c in conditions if c.type == CHILDREN_APPLIED), None)
+    if rejected:
+        message = "; ".join(rejected)
+        news = was is None or was.status != "False" or was.message != message[:4096]
+        conditions = set_condition(
+            conditions, CHILDREN_APPLIED, False, CHILD_REJECTED, message, now, generation
+        )
+        return conditions, Event("Warning", CHILD_REJECTED, message) if news else None
+    if was is None or was.status == "True":
+        return conditions, None
+    message = "every child is applied"
+    conditions = set_condition(
+        conditions, CHILDREN_APPLIED, True, "Applied", message, now, generation
+    )
+    return conditions, Event("Normal", "ChildrenApplied", message)
 
 
 def condition_is(conditions: list[Condition], type_: str) -> bool:

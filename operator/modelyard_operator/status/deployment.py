@@ -40,12 +40,16 @@ from modelyard_operator.builders.deployment import (
     TEMPLATE_HASH_ANNOTATION,
 )
 from modelyard_operator.status.conditions import (
+    CHILD_REJECTED,
     Event,
+    children_applied,
     condition_is,
     object_condition,
+    parse_time,
     rfc3339,
     set_condition,
 )
+from modelyard_operator.status.training import inside_run, run_location
 from modelyard_server.contracts import parse_load_failure
 from modelyard_storage.uri import PVC_URI_PATTERN, S3_URI_PATTERN, is_s3
 
@@ -74,6 +78,8 @@ class Observed:
     pods: list[Manifest]
     url: str
     now: datetime
+    # Why children could not be applied (ForeignObject, refusals): Ready says it.
+    rejected: tuple[str, ...] = ()
 
 
 @dataclass
@@ -111,9 +117,15 @@ def served(model: ServedModel) -> ServedModel:
 
 
 def resolve_model(
-    md: ModelDeployment, training_found: bool, training: ModelTrainingStatus | None
+    md: ModelDeployment,
+    training_found: bool,
+    training: ModelTrainingStatus | None,
+    origin: tuple[str, str] | None = None,
 ) -> Resolution:
-    """The candidate model: the fixed URI, or the gated result of the named training."""
+    """The candidate model: the fixed URI, or the gated result of the named training.
+    `origin`: the training's output URI and uid; a result outside that training's own run
+    location is refused (the training refuses one already: this holds against a status
+    written by someone else)."""
     source = md.spec.model
     if source.uri is not None:
         return Resolution(
@@ -131,6 +143,17 @@ def resolve_model(
     result = training.result
     if result is None:
         return Resolution(None, "TrainingNotSucceeded", _no_result_message(name, training))
+    if origin is not None:
+        location = run_location(
+            origin[0], md.metadata.namespace, name, origin[1], result.generation
+        )
+        if not inside_run(result.artifact_uri, result.model_file, location):
+            return Resolution(
+                None,
+                "ResultRejected",
+                f"ModelTraining {name!r} generation {result.generation} reports "
+                f"{result.model_uri[:512]!r}, outside its own output location {location}/",
+            )
     if not _servable(result.model_uri):
         return Resolution(
             None,
@@ -229,7 +252,7 @@ def pod_failure(pod: Manifest) -> Failure | None:
         cname = str(container.get("name"))
         if cname not in (FETCH_CONTAINER, SERVER_CONTAINER):
             continue  # a user's sidecar is not the model's fault
-        found = _terminated_failure(name, cname, container) or _waiting_failure(
+        found = _terminated_failure(pod, cname, container) or _waiting_failure(
             name, cname, container
         )
         if found is not None:
@@ -237,18 +260,32 @@ def pod_failure(pod: Manifest) -> Failure | None:
     return None
 
 
-def _terminated_failure(pod: str, name: str, container: dict[str, Any]) -> Failure | None:
+def _served_during(pod: Manifest, terminated: dict[str, Any]) -> bool:
+    """The pod is ready now, or was at some time during the run that `terminated` ended: it
+    loaded its model, so whatever ended that run (a client that made it run out of memory) is
+    no failure to load. Ready=False that last changed after the run started went False from
+    True during the run; one that changed before (or when) it started never was True since."""
+    ready = object_condition(pod, "Ready") or {}
+    if ready.get("status") == "True":
+        return True
+    since = parse_time(ready.get("lastTransitionTime"))
+    started = parse_time(terminated.get("startedAt"))
+    return since is not None and started is not None and since > started
+
+
+def _terminated_failure(pod: Manifest, name: str, container: dict[str, Any]) -> Failure | None:
+    pod_name = pod["metadata"]["name"]
     for key in ("state", "lastState"):
         terminated = (container.get(key) or {}).get("terminated")
-        if not terminated or terminated.get("exitCode", 0) == 0:
+        if not terminated or terminated.get("exitCode", 0) == 0 or _served_during(pod, terminated):
             continue
         report = parse_load_failure(terminated.get("message"))
         if report is not None:
-            return Failure(report.reason, f"pod {pod}, container {name}: {report.message}")
+            return Failure(report.reason, f"pod {pod_name}, container {name}: {report.message}")
         if terminated.get("reason") == "OOMKilled":
             return Failure(
                 "OOMKilled",
-                f"pod {pod}, container {name} ran out of memory (OOMKilled): raise "
+                f"pod {pod_name}, container {name} ran out of memory (OOMKilled): raise "
                 "spec.resources.limits.memory",
             )
     return None
@@ -427,7 +464,20 @@ def plan_deployment(md: ModelDeployment, observed: Observed) -> Plan:
     run.plan.target = target
     status.url = observed.url
     _deployment_status(run, target)
+    _children_status(run)
     return run.plan
+
+
+def _children_status(run: _Pass) -> None:
+    """The children were applied (a target exists): ChildrenApplied, and Ready when not."""
+    rejected, status = run.observed.rejected, run.status
+    status.conditions, event = children_applied(
+        status.conditions, rejected, run.observed.now, run.generation
+    )
+    if event is not None:
+        run.plan.events.append(event)
+    if rejected:
+        run.condition("Ready", False, CHILD_REJECTED, "; ".join(rejected))
 
 
 def _resolve(run: _Pass) -> ServedModel | None:

@@ -2,13 +2,23 @@
 
 `plan_training` is pure: the handler observes Jobs, Pods and the progress record, calls it, and
 carries out the plan (create or delete Jobs, patch status, post Events).
+
+Jobs and pods are found by label, but only those that this ModelTraining's uid controls (its
+Jobs) and that its Jobs control (their pods) count: anyone may copy a label, and a look-alike
+pod's termination message must not become the result. A result must also lie under the run's
+own output location, `<output>/<namespace>/<name>/<uid>/g<generation>/`.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
+
+from pydantic import ValidationError
 
 from modelyard_operator.api.training import (
     FailureStatus,
@@ -18,9 +28,16 @@ from modelyard_operator.api.training import (
     TrainingResultStatus,
     WorkerCounts,
 )
-from modelyard_operator.builders.training import ATTEMPT_LABEL, CONTAINER, GENERATION_LABEL
+from modelyard_operator.builders.common import controlled_by, controller_uid
+from modelyard_operator.builders.training import (
+    ATTEMPT_LABEL,
+    CONTAINER,
+    GENERATION_LABEL,
+    job_name,
+)
 from modelyard_operator.status.conditions import (
     Event,
+    children_applied,
     container_status,
     humanize_seconds,
     object_condition,
@@ -34,6 +51,7 @@ from modelyard_trainer.contracts import (
     ProgressRecord,
     TrainingFailure,
     TrainingResult,
+    artifact_relpath,
     join_uri,
     parse_termination_message,
 )
@@ -54,6 +72,8 @@ class Observed:
     pods: list[Manifest]
     progress: ProgressRecord | None
     now: datetime
+    # Why children could not be applied (ForeignObject, refusals): no attempt starts then.
+    rejected: tuple[str, ...] = ()
 
 
 @dataclass
@@ -64,6 +84,36 @@ class Plan:
     delete_jobs: list[str] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
+
+
+def parse_progress(text: str | None) -> ProgressRecord | None:
+    """The progress record that rank 0 wrote, or None when there is none or it is malformed.
+
+    Never raises: the record comes from a pod. Non-finite numbers (NaN, Infinity, 1e999),
+    which Python's JSON reader accepts but no status may hold, are dropped (null: unknown),
+    so that one such record cannot fail every status write of the training.
+    """
+    if not text:
+        return None
+    try:
+        document = json.loads(text, parse_constant=lambda _: None, parse_float=_finite)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(document, dict):
+        return None
+    document = {k: v for k, v in document.items() if v is not None}
+    if isinstance(document.get("validation"), dict):
+        validation = document["validation"].items()
+        document["validation"] = {k: v for k, v in validation if v is not None}
+    try:
+        return ProgressRecord.model_validate(document)
+    except ValidationError:
+        return None
+
+
+def _finite(text: str) -> float | None:
+    value = float(text)
+    return value if math.isfinite(value) else None
 
 
 def _label_int(obj: Manifest, key: str) -> int:
@@ -139,13 +189,15 @@ def plan_training(mt: ModelTraining, observed: Observed) -> Plan:
     """The status and next step of a ModelTraining, from what was observed."""
     run = _Run(mt, observed)
     _start_new_run_on_new_generation(run)
-    jobs = [j for j in observed.jobs if _label_int(j, GENERATION_LABEL) == run.generation]
-    for stale in (j for j in observed.jobs if j not in jobs):
+    ours = [j for j in observed.jobs if controlled_by(j, mt.metadata.uid)]
+    jobs = [j for j in ours if _label_int(j, GENERATION_LABEL) == run.generation]
+    for stale in (j for j in ours if j not in jobs):
         run.delete(stale)  # an edit ends the previous generation's attempt
     status = run.status
     status.attempt = max([status.attempt, *(_label_int(j, ATTEMPT_LABEL) for j in jobs)])
     current = next((j for j in jobs if _label_int(j, ATTEMPT_LABEL) == status.attempt), None)
-    pods = [p for p in observed.pods if current and _label_int(p, ATTEMPT_LABEL) == status.attempt]
+    current_uid = current["metadata"].get("uid") if current else None
+    pods = [p for p in observed.pods if current_uid and controller_uid(p) == current_uid]
     status.workers = _count_workers(pods)
 
     if status.phase in ("Succeeded", "Failed"):
@@ -156,6 +208,12 @@ def plan_training(mt: ModelTraining, observed: Observed) -> Plan:
         _start_next_attempt(run)
     else:
         _follow_attempt(run, current, pods)
+    if run.plan.keep_children:
+        status.conditions, event = children_applied(
+            status.conditions, observed.rejected, run.now, run.generation
+        )
+        if event is not None:
+            run.plan.events.append(event)
     return run.plan
 
 
@@ -216,7 +274,18 @@ def _suspend(run: _Run, jobs: list[Manifest]) -> None:
 
 
 def _previous_attempt_still_running(run: _Run) -> bool:
-    return any(_active(p) for p in run.observed.pods)
+    """A pod of one of our Jobs, even one deleted already (its pods go after it), is active.
+    A pod that only claims such a Job is collected by the garbage collector."""
+    name = run.mt.metadata.name
+    return any(_active(p) and _of_our_job(p, name) for p in run.observed.pods)
+
+
+def _of_our_job(pod: Manifest, name: str) -> bool:
+    attempt_job = re.compile(re.escape(job_name(name, 0)[:-1]) + r"[0-9]+")
+    return any(
+        r.get("controller") and r.get("kind") == "Job" and attempt_job.fullmatch(str(r.get("name")))
+        for r in pod["metadata"].get("ownerReferences") or []
+    )
 
 
 def _start_next_attempt(run: _Run) -> None:
@@ -231,6 +300,8 @@ def _start_next_attempt(run: _Run) -> None:
         return
     if _deadline_passed(run):
         return
+    if run.observed.rejected:
+        return  # no attempt while a child's name is taken or refused: see ChildrenApplied
     status.attempt += 1
     status.phase = "Pending"
     status.start_time = status.start_time or rfc3339(run.now)
@@ -271,6 +342,10 @@ def _succeed(run: _Run, pods: list[Manifest]) -> None:
     if not isinstance(parsed, TrainingResult):
         run.finish(False, "NoResult", "rank 0 ended without a result in its termination message")
         return
+    outside = _outside_the_run(run, parsed)
+    if outside is not None:
+        run.finish(False, "ResultRejected", outside)
+        return
     run.status.result = TrainingResultStatus(
         generation=run.generation,
         artifact_uri=parsed.artifact_uri,
@@ -281,18 +356,50 @@ def _succeed(run: _Run, pods: list[Manifest]) -> None:
         metrics=parsed.metrics,
     )
     progress = run.status.progress
+    # The epochs that rank 0 last said it ran (fewer than planned when it stopped early).
+    epoch = progress.epoch or progress.epochs
     run.status.progress = progress.model_copy(
         update={
             "stage": "Done",
+            "epoch": epoch,
             "percent": 100.0,
             "eta_seconds": 0.0,
             "eta": "0s",
-            "summary": f"{progress.epochs}/{progress.epochs} (100%)",
+            "summary": f"{epoch}/{progress.epochs} (100%)",
         }
     )
     accuracy = parsed.metrics.get("test_accuracy")
     summary = f" (test accuracy {accuracy:.4f})" if accuracy is not None else ""
     run.finish(True, "RunSucceeded", f"model at {run.status.result.model_uri}{summary}")
+
+
+def run_location(output_uri: str, namespace: str, name: str, uid: str, generation: int) -> str:
+    """The one directory where a run's artifacts may be."""
+    return join_uri(output_uri, artifact_relpath(namespace, name, uid, generation))
+
+
+def inside_run(artifact_uri: str, model_file: str, location: str) -> bool:
+    """Whether the artifacts and the model file lie under the run's location (no `.`, `..` or
+    empty segment below it): a forged or confused result is never taken, nor promoted."""
+    artifact = artifact_uri.rstrip("/")
+    inside = artifact == location or artifact.startswith(location + "/")
+    below = f"{artifact.removeprefix(location)}/{model_file}".strip("/").split("/")
+    return inside and not any(part in ("", ".", "..") for part in below)
+
+
+def _outside_the_run(run: _Run, result: TrainingResult) -> str | None:
+    """Why the result cannot be this run's, or None."""
+    meta = run.mt.metadata
+    location = run_location(
+        run.mt.spec.output.uri, meta.namespace, meta.name, meta.uid, meta.generation
+    )
+    if inside_run(result.artifact_uri, result.model_file, location):
+        return None
+    return (
+        f"rank 0 reported artifacts at {result.artifact_uri[:512]!r} (model file "
+        f"{result.model_file[:128]!r}), outside this run's output location {location}/: "
+        "the result is refused"
+    )
 
 
 def _failure_of(attempt: int, job: Manifest, pods: list[Manifest]) -> FailureStatus:
@@ -418,14 +525,17 @@ def _take_progress(run: _Run) -> None:
     ):
         return
     eta = record.eta_seconds
+    # Records after training (Evaluating, Exporting, Done) carry no loss or validation: the
+    # last ones reported stay, rather than reading as unknown.
+    last = run.status.progress
     run.status.progress = Progress(
         stage=record.stage,
         epoch=record.epoch,
         epochs=record.epochs,
         percent=round(record.percent, 1),
         summary=f"{record.epoch}/{record.epochs} ({record.percent:.0f}%)",
-        loss=record.loss,
-        validation=record.validation,
+        loss=record.loss if record.loss is not None else last.loss,
+        validation=record.validation or last.validation,
         samples_per_second=record.samples_per_second,
         eta_seconds=eta,
         eta=humanize_seconds(eta) if eta is not None else "",

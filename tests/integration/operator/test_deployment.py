@@ -292,7 +292,8 @@ def _training(objects: Objects) -> None:
 
 
 def _finish_training(objects: Objects, generation: int, accuracy: float) -> str:
-    uri = f"pvc://{MODELS_CLAIM}/{objects.namespace}/digits/u/g{generation}"
+    uid = objects.get("modeltrainings", "digits")["metadata"]["uid"]
+    uri = f"pvc://{MODELS_CLAIM}/{objects.namespace}/digits/{uid}/g{generation}"
     model_uri = f"{uri}/model.onnx"
     objects.patch_status(
         "modeltrainings",
@@ -436,6 +437,9 @@ def test_bad_references_are_conditions_not_crashes(
     objects.create(PLURAL, model_deployment(name="taken"))
     md = objects.wait_for(PLURAL, "taken", has("Ready", "False", "ChildRejected"))
     assert "Service taken already exists" in condition(md, "Ready")["message"]
+    children = condition(md, "ChildrenApplied")  # as a ModelTraining says it
+    assert (children["status"], children["reason"]) == ("False", "ChildRejected")
+    assert "Service taken already exists" in children["message"]
     service = objects.core.read_namespaced_service("taken", objects.namespace)
     assert not service.metadata.owner_references
     assert operator.healthy()
@@ -488,7 +492,8 @@ def test_an_unchanged_object_and_an_operator_restart_write_nothing(
     assert reconciled > 0
     time.sleep(6)  # one more resync
     audit.barrier()
-    assert audit.writes(OPERATOR_USER, since=since, namespace=ns) == []
+    writes = audit.writes(OPERATOR_USER, since=since, namespace=ns)
+    assert writes == [], [(w.verb, w.resource, w.name, w.code) for w in writes]
     assert objects.get(PLURAL, "m")["metadata"]["resourceVersion"] == before
     after = objects.apps.read_namespaced_deployment("m", ns).metadata.resource_version
     assert after == deployment_before

@@ -51,6 +51,14 @@ def run_all(objects: Objects, pods: list[Any]) -> None:
         objects.set_pod(pod, "Running")
 
 
+def run_uri(objects: Objects, mt: dict[str, Any], generation: int = 1) -> str:
+    """Where the run's artifacts must be: its result is refused anywhere else."""
+    uid = mt["metadata"]["uid"]
+    return (
+        f"pvc://modelyard-models/{objects.namespace}/{mt['metadata']['name']}/{uid}/g{generation}"
+    )
+
+
 def succeed(objects: Objects, pods: list[Any], uri: str, accuracy: float = 0.97) -> None:
     result = TrainingResult(
         artifact_uri=uri, sha256="ab" * 32, size_bytes=4242, metrics={"test_accuracy": accuracy}
@@ -214,8 +222,8 @@ def test_suspend_and_resume(objects: Objects) -> None:
 
 
 def test_ttl_deletes_the_children_but_not_the_training(objects: Objects) -> None:
-    objects.create(PLURAL, training(workers=1, runPolicy={"ttlSecondsAfterFinished": 2}))
-    succeed(objects, attempt_pods(objects, "digits", 1, 1), "pvc://modelyard-models/x")
+    mt = objects.create(PLURAL, training(workers=1, runPolicy={"ttlSecondsAfterFinished": 2}))
+    succeed(objects, attempt_pods(objects, "digits", 1, 1), run_uri(objects, mt))
     objects.wait_for(PLURAL, "digits", phase_is("Succeeded"))
     wait_until(
         lambda: (
@@ -314,8 +322,8 @@ def test_the_active_deadline_fails_a_run_and_stops_its_pods(objects: Objects) ->
 
 
 def test_transitions_are_events_and_metrics(objects: Objects, operator: OperatorProcess) -> None:
-    objects.create(PLURAL, training(workers=1))
-    succeed(objects, attempt_pods(objects, "digits", 1, 1), "pvc://modelyard-models/x")
+    mt = objects.create(PLURAL, training(workers=1))
+    succeed(objects, attempt_pods(objects, "digits", 1, 1), run_uri(objects, mt))
     objects.wait_for(PLURAL, "digits", phase_is("Succeeded"))
     reasons = wait_until(
         lambda: (

@@ -84,8 +84,8 @@ def test_managed_fields_are_dropped_but_ours_on_deployments() -> None:
     assert pod is not None and "managedFields" not in pod["metadata"]
 
 
-def test_pod_templates_keep_their_metadata_only() -> None:
-    store = Store("Deployment", [None], [OWNER])
+def test_job_templates_keep_their_metadata_only() -> None:
+    store = Store("Job", [None], [OWNER])
     body = obj("a", 1)
     body["spec"] = {
         "replicas": 2,
@@ -96,6 +96,15 @@ def test_pod_templates_keep_their_metadata_only() -> None:
     assert kept is not None
     assert kept["spec"] == {"replicas": 2, "template": {"metadata": {"annotations": {"x": "y"}}}}
     assert "spec" in body["spec"]["template"]  # the caller's object is left alone
+
+
+def test_deployment_templates_keep_their_spec_for_drift_checks() -> None:
+    store = Store("Deployment", [None], [OWNER])
+    body = obj("a", 1)
+    body["spec"] = {"template": {"metadata": {}, "spec": {"containers": [{"name": "c"}]}}}
+    store.put(body)
+    kept = store.get("ns", "a")
+    assert kept is not None and kept["spec"] == body["spec"]
 
 
 def test_pods_keep_their_metadata_and_status_only() -> None:

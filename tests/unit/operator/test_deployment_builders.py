@@ -273,3 +273,9 @@ def test_service_ports_and_url() -> None:
     assert ports["http"]["port"] == 8080
     assert ports["metrics"]["targetPort"] == "http"  # /metrics is served on the HTTP port
     assert service_url(pinned(), SETTINGS) == "http://iris-pinned.ml.svc.cluster.local:8080"
+
+
+def test_every_empty_dir_has_a_size_limit() -> None:
+    volumes = _pod(server_deployment(pinned(), PINNED, SETTINGS))["volumes"]
+    limits = {v["name"]: v["emptyDir"] for v in volumes if "emptyDir" in v}
+    assert limits == {"models": {"sizeLimit": "8Gi"}, "tmp": {"sizeLimit": "1Gi"}}

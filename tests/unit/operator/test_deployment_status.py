@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -578,3 +579,114 @@ def test_scaled_to_zero_is_settled_but_not_ready() -> None:
     plan = plan_deployment(md, observe(live_deployment(md, A), [], resolved(A)))
     assert condition(plan, "Ready") == ("False", "ScaledToZero")
     assert not plan.unsettled
+
+
+# ------------------------------------------------------------------------ past OOM kills
+
+
+def _oom_killed(started: str, finished: str) -> dict[str, Any]:
+    """A server container that restarted after an OOM kill of the run in [started, finished]."""
+    terminated = {
+        "exitCode": 137,
+        "reason": "OOMKilled",
+        "startedAt": started,
+        "finishedAt": finished,
+    }
+    return {
+        "state": {"running": {"startedAt": "2025-03-01T11:58:30Z"}},
+        "lastState": {"terminated": terminated},
+        "restartCount": 1,
+    }
+
+
+def test_a_past_oom_kill_of_a_pod_that_is_ready_again_does_not_roll_back() -> None:
+    md, pods_a = _rolling_to_b()
+    recovered = pod(
+        md, B, "m-3", server=_oom_killed("2025-03-01T11:50:00Z", "2025-03-01T11:58:00Z")
+    )
+    rolling = live_deployment(md, B, ready=3, updated=1, total=3)
+    plan = plan_deployment(md, observe(rolling, [*pods_a, recovered], resolved(B)))
+    assert plan.target == B
+    assert plan.status.rejected_model is None
+    assert plan.status.model is not None and plan.status.model.state == "Loaded"
+    assert "RolledBack" not in reasons(plan)
+
+
+def test_a_pod_reloading_after_an_oom_kill_it_served_through_is_not_failed_to_load() -> None:
+    md, _ = serving(A)
+    # Ready until the kill at 11:58:00 (the run had started at 11:50), loading again now.
+    went_unready = [
+        {"type": "Ready", "status": "False", "lastTransitionTime": "2025-03-01T11:58:00Z"}
+    ]
+    reloading = pod(
+        md,
+        A,
+        "m-1",
+        conditions=went_unready,
+        server=_oom_killed("2025-03-01T11:50:00Z", "2025-03-01T11:58:00Z"),
+    )
+    plan = plan_deployment(
+        md, observe(live_deployment(md, A), [reloading, pod(md, A, "m-2")], resolved(A))
+    )
+    assert plan.status.model is not None and plan.status.model.state != "FailedToLoad"
+    assert condition(plan, "Ready")[1] != "FailedToLoad"
+    assert "FailedToLoad" not in reasons(plan)
+
+
+def test_a_pod_that_is_oom_killed_before_it_ever_was_ready_still_fails_the_rollout() -> None:
+    md, pods_a = _rolling_to_b()
+    # Not ready since the pod started (11:49), before the killed run started (11:50).
+    never_ready = [
+        {"type": "Ready", "status": "False", "lastTransitionTime": "2025-03-01T11:49:00Z"}
+    ]
+    loading = pod(
+        md,
+        B,
+        "m-3",
+        conditions=never_ready,
+        server=_oom_killed("2025-03-01T11:50:00Z", "2025-03-01T11:51:00Z"),
+    )
+    rolling = live_deployment(md, B, ready=2, updated=1, total=3)
+    plan = plan_deployment(md, observe(rolling, [*pods_a, loading], resolved(B)))
+    assert plan.target == A
+    assert condition(plan, "RolledBack") == ("True", "OOMKilled")
+
+
+def test_a_rejected_child_is_not_ready_and_said_once() -> None:
+    md, _ = serving(A)
+    message = "Service m already exists and does not belong to this ModelDeployment"
+    observed = replace(
+        observe(live_deployment(md, A), [pod(md, A, "m-1")], resolved(A)), rejected=(message,)
+    )
+    plan = plan_deployment(md, observed)
+    assert condition(plan, "Ready") == ("False", "ChildRejected")
+    assert condition(plan, "ChildrenApplied") == ("False", "ChildRejected")
+    assert reasons(plan) == ["ChildRejected"]
+    again = plan_deployment(after(md, plan), observed)
+    assert "ChildRejected" not in reasons(again)
+    resolved_plan = plan_deployment(
+        after(md, again), observe(live_deployment(md, A), [pod(md, A, "m-1")], resolved(A))
+    )
+    assert condition(resolved_plan, "ChildrenApplied") == ("True", "Applied")
+    assert condition(resolved_plan, "Ready") == ("True", "ModelLoaded")
+
+
+@pytest.mark.parametrize(
+    ("result", "promoted"),
+    [
+        ({}, True),  # pvc://models/ml/digits/u/g3, the training's own run
+        ({"artifactUri": "s3://attacker-bucket/x", "modelUri": "s3://attacker-bucket/x/m"}, False),
+        ({"artifactUri": "pvc://models/ml/digits/other-uid/g3"}, False),
+        ({"artifactUri": "pvc://models/ml/digits/u/g2"}, False),  # not its generation's run
+        ({"modelFile": "../../g1/model.onnx"}, False),
+    ],
+)
+def test_only_a_result_under_the_trainings_own_run_is_promoted(
+    result: dict[str, Any], promoted: bool
+) -> None:
+    status = training({"metrics": {"test_accuracy": 1.0}, **result}, phase="Succeeded")
+    resolution = resolve_model(from_training(), True, status, ("pvc://models", "u"))
+    assert (resolution.model is not None) == promoted
+    if not promoted:
+        assert resolution.reason == "ResultRejected"
+        assert "pvc://models/ml/digits/u/g3/" in resolution.message

@@ -150,3 +150,9 @@ def test_only_rank_zero_needs_the_output_but_every_worker_mounts_the_claim() -> 
     assert claims == ["modelyard-models"]
     command = pod["containers"][0]["command"]
     assert command[command.index("--output") + 1] == "/mnt/pvc/modelyard-models"
+
+
+def test_every_empty_dir_has_a_size_limit() -> None:
+    volumes = job(training(), 1, SETTINGS)["spec"]["template"]["spec"]["volumes"]
+    limits = {v["name"]: v["emptyDir"] for v in volumes if "emptyDir" in v}
+    assert limits == {"shm": {"medium": "Memory", "sizeLimit": "1Gi"}, "tmp": {"sizeLimit": "8Gi"}}

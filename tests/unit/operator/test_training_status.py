@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from modelyard_operator.api import ModelTraining
-from modelyard_operator.status.training import Observed, Plan, plan_training
+from modelyard_operator.handlers.common import dumped
+from modelyard_operator.status.training import Observed, Plan, parse_progress, plan_training
 from modelyard_trainer.contracts import ProgressRecord, TrainingFailure, TrainingResult
 from tests.conftest import load_sample, with_changes
 
@@ -30,6 +34,8 @@ def job(
     return {
         "metadata": {
             "name": f"digits-a{attempt}",
+            "uid": job_uid(attempt),
+            "ownerReferences": [{"kind": "ModelTraining", "uid": UID, "controller": True}],
             "labels": {
                 "modelyard.dev/attempt": str(attempt),
                 "modelyard.dev/generation": str(generation),
@@ -37,6 +43,10 @@ def job(
         },
         "status": {"conditions": conditions},
     }
+
+
+def job_uid(attempt: int) -> str:
+    return f"job-uid-{attempt}"
 
 
 def pod(
@@ -47,7 +57,10 @@ def pod(
     terminated: dict[str, Any] | None = None,
     disrupted: bool = False,
     unschedulable_since: datetime | None = None,
+    owner: str | None = None,
 ) -> dict[str, Any]:
+    """A pod of the attempt's Job (`owner`: the uid of another controller)."""
+    owner = owner or job_uid(attempt)
     conditions = [{"type": "Ready", "status": "True" if ready else "False"}]
     if disrupted:
         conditions.append({"type": "DisruptionTarget", "status": "True"})
@@ -68,6 +81,9 @@ def pod(
         "metadata": {
             "name": f"digits-a{attempt}-{rank}-x",
             "creationTimestamp": created,
+            "ownerReferences": [
+                {"kind": "Job", "name": f"digits-a{attempt}", "uid": owner, "controller": True}
+            ],
             "labels": {"modelyard.dev/attempt": str(attempt)},
             "annotations": {"batch.kubernetes.io/job-completion-index": str(rank)},
         },
@@ -313,3 +329,158 @@ def test_unschedulable_workers_raise_a_condition_with_the_schedulers_message() -
     assert condition(p, "Unschedulable") == "True"
     message = next(c.message for c in p.status.conditions if c.type == "Unschedulable")
     assert "nvidia.com/gpu" in message
+
+
+# ------------------------------------------------------------------------ trust
+
+
+RUN_DIR = f"pvc://modelyard-models/default/digits/{UID}/g1"
+
+
+def succeeded_rank(attempt: int, artifact_uri: str, owner: str | None = None, **result: Any) -> Any:
+    message = TrainingResult(artifact_uri=artifact_uri, sha256="ab" * 32, **result)
+    terminated = {"exitCode": 0, "message": message.to_termination_message()}
+    return pod(attempt, 0, "Succeeded", terminated=terminated, owner=owner)
+
+
+def test_a_look_alike_pod_not_owned_by_the_job_is_ignored() -> None:
+    forged = succeeded_rank(
+        1, "s3://attacker-bucket/model", owner="someone-else", metrics={"test_accuracy": 1.0}
+    )
+    real = succeeded_rank(1, RUN_DIR, metrics={"test_accuracy": 0.9})
+    p = plan(training(running_status()), [job(1, "Complete")], [forged, real])
+    assert p.status.phase == "Succeeded"
+    assert p.status.result is not None
+    assert p.status.result.artifact_uri == RUN_DIR
+    assert p.status.result.metrics == {"test_accuracy": 0.9}
+    assert p.status.workers.succeeded == 1  # the look-alike is not counted either
+
+
+def test_only_a_look_alike_rank_zero_is_no_result() -> None:
+    forged = succeeded_rank(1, RUN_DIR, owner="someone-else")
+    p = plan(training(running_status()), [job(1, "Complete")], [forged])
+    assert p.status.phase == "Failed"
+    assert p.status.result is None
+
+
+def test_a_job_that_is_not_ours_is_neither_followed_nor_deleted() -> None:
+    foreign = job(1, "Complete")
+    foreign["metadata"]["ownerReferences"] = []
+    p = plan(training(), [foreign], [])
+    assert p.delete_jobs == []
+    assert p.create_attempt == 1  # our own attempt 1 is still to be made
+
+
+@pytest.mark.parametrize(
+    ("artifact_uri", "model_file"),
+    [
+        ("s3://attacker-bucket/model", "model.onnx"),
+        ("pvc://modelyard-models/default/digits/other-uid/g1", "model.onnx"),
+        (f"pvc://modelyard-models/default/digits/{UID}/g2", "model.onnx"),  # another run
+        (f"pvc://modelyard-models/default/digits/{UID}/g1x", "model.onnx"),
+        (f"pvc://modelyard-models/default/digits/{UID}/g1/..", "model.onnx"),
+        (RUN_DIR, "../../other-uid/g1/model.onnx"),
+        (RUN_DIR, "./model.onnx"),
+    ],
+)
+def test_a_result_outside_the_runs_output_location_is_refused(
+    artifact_uri: str, model_file: str
+) -> None:
+    rank0 = succeeded_rank(1, artifact_uri, model_file=model_file)
+    p = plan(training(running_status()), [job(1, "Complete")], [rank0])
+    assert p.status.phase == "Failed"
+    assert p.status.result is None
+    failed = next(c for c in p.status.conditions if c.type == "Failed")
+    assert failed.reason == "ResultRejected"
+    assert RUN_DIR in failed.message
+
+
+def test_a_result_in_a_subdirectory_of_the_run_is_taken() -> None:
+    rank0 = succeeded_rank(1, RUN_DIR + "/", model_file="variants/model.int8.onnx")
+    p = plan(training(running_status()), [job(1, "Complete")], [rank0])
+    assert p.status.result is not None
+    assert p.status.result.model_uri == RUN_DIR + "/variants/model.int8.onnx"
+
+
+def test_a_rejected_child_holds_the_attempt_back_until_it_is_resolved() -> None:
+    message = "NetworkPolicy digits already exists and does not belong to this ModelTraining"
+    observed = Observed(jobs=[], pods=[], progress=None, now=NOW, rejected=(message,))
+    blocked = plan_training(training(), observed)
+    assert blocked.create_attempt is None
+    assert blocked.status.attempt == 0
+    children = next(c for c in blocked.status.conditions if c.type == "ChildrenApplied")
+    assert (children.status, children.reason, children.message) == (
+        "False",
+        "ChildRejected",
+        message,
+    )
+    assert [e.reason for e in blocked.events] == ["ChildRejected"]
+    settled = training(blocked.status.model_dump(by_alias=True, exclude_none=True))
+    again = plan_training(settled, observed)
+    assert again.events == []  # no news, no second Event
+    resolved = plan(settled, [], [])
+    assert resolved.create_attempt == 1
+    assert condition(resolved, "ChildrenApplied") == "True"
+
+
+def test_a_pod_of_a_deleted_job_of_ours_still_holds_the_next_attempt_back() -> None:
+    leftover = pod(1, 0, "Running")  # its Job digits-a1 is gone already
+    p = plan(training(running_status(phase="Pending")), [], [leftover])
+    assert p.create_attempt is None
+    look_alike = pod(1, 0, "Running")
+    look_alike["metadata"]["ownerReferences"] = []
+    p = plan(training(running_status(phase="Pending")), [], [look_alike])
+    assert p.create_attempt == 2
+
+
+# ------------------------------------------------------------------------ progress records
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"stage": "Training", "epoch": 3, "epochs": 30, "percent": 10, "loss": NaN}',
+        '{"stage": "Training", "epoch": 3, "epochs": 30, "percent": 10, "loss": Infinity}',
+        '{"stage": "Training", "epoch": 3, "epochs": 30, "percent": 10, "loss": 1e999}',
+        '{"stage": "Training", "epoch": 3, "epochs": 30, "percent": 10, "etaSeconds": Infinity,'
+        ' "samplesPerSecond": Infinity,'
+        ' "validation": {"val_loss": -Infinity, "val_accuracy": 0.5}}',
+    ],
+)
+def test_non_finite_progress_numbers_become_unknown_and_status_stays_writable(text: str) -> None:
+    record = parse_progress(text)
+    assert record is not None and record.epoch == 3
+    p = plan(training(running_status()), [job(1)], [pod(1, 0), pod(1, 1)], record)
+    assert p.status.progress.epoch == 3
+    assert p.status.progress.loss is None
+    assert p.status.progress.validation in ({}, {"val_accuracy": 0.5})
+    json.dumps(dumped(p.status), allow_nan=False)  # what the API server would get
+
+
+@pytest.mark.parametrize(
+    "text",
+    [None, "", "not json", "[1, 2]", '"text"', '{"epoch": -1}', '{"stage": "Lost"}', "[" * 100_000],
+)
+def test_a_malformed_progress_record_is_ignored(text: str | None) -> None:
+    assert parse_progress(text) is None
+
+
+def test_stages_after_training_keep_the_last_loss_and_success_keeps_the_epochs_run() -> None:
+    training_record = ProgressRecord(
+        stage="Training", epoch=20, epochs=30, percent=66.7, loss=0.12, validation={"val_loss": 1}
+    )
+    pods = [pod(1, 0), pod(1, 1)]
+    first = plan(training(running_status()), [job(1)], pods, training_record)
+    settled = training(first.status.model_dump(by_alias=True, exclude_none=True))
+    # Stopped early after 20 of 30 epochs: the trainer's later records carry no loss.
+    exporting = ProgressRecord(stage="Exporting", epoch=20, epochs=30, percent=100.0)
+    second = plan(settled, [job(1)], pods, exporting)
+    assert second.status.progress.stage == "Exporting"
+    assert second.status.progress.loss == 0.12
+    assert second.status.progress.validation == {"val_loss": 1.0}
+    exported = training(second.status.model_dump(by_alias=True, exclude_none=True))
+    done = plan(exported, [job(1, "Complete")], [succeeded_rank(1, RUN_DIR)])
+    assert done.status.phase == "Succeeded"
+    assert (done.status.progress.epoch, done.status.progress.epochs) == (20, 30)
+    assert done.status.progress.summary == "20/30 (100%)"
+    assert done.status.progress.loss == 0.12
