@@ -33,12 +33,13 @@ MODEL_A = f"pvc://{MODELS_CLAIM}/pinned/a/model.onnx"
 MODEL_B = f"pvc://{MODELS_CLAIM}/pinned/b/model.onnx"
 MODEL_C = f"pvc://{MODELS_CLAIM}/pinned/c/model.onnx"
 SELECTOR = "modelyard.dev/deployment={}"
+PINNED_SHA256 = "ab" * 32  # kwok pods fetch nothing: any digest will do
 
 
 def model_deployment(name: str = "m", uri: str = MODEL_A, **spec: Any) -> dict[str, Any]:
     document = load_sample("pinned-model-deployment.yaml")
     document["metadata"] = {"name": name}
-    document["spec"]["model"] = {"uri": uri}
+    document["spec"]["model"] = {"uri": uri, "sha256": PINNED_SHA256}
     document["spec"]["replicas"] = 1
     document["spec"].update(spec)
     return document
@@ -189,12 +190,13 @@ def test_children_have_the_right_fields(objects: Objects, cluster: Cluster) -> N
     status = ready["status"]
     assert status["model"] == {
         "uri": MODEL_A,
+        "sha256": PINNED_SHA256,
         "state": "Loaded",
         "message": status["model"]["message"],
     }
     assert status["url"] == f"http://m.{ns}.svc.cluster.local:8080"
     assert (status["replicas"], status["readyReplicas"], status["updatedReplicas"]) == (2, 2, 2)
-    assert status["lastGoodModel"] == {"uri": MODEL_A}
+    assert status["lastGoodModel"] == {"uri": MODEL_A, "sha256": PINNED_SHA256}
     # What users type: kubectl wait and the printer columns work from status alone.
     cluster.kubectl("-n", ns, "wait", "--for=condition=Ready", "md/m", "--timeout=5s")
     table = cluster.kubectl("-n", ns, "get", "md", "m").stdout

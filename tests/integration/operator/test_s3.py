@@ -26,6 +26,7 @@ from tests.integration.operator.test_deployment import (
 from tests.integration.support import wait_until
 
 S3_MODEL = "s3://models/churn/v3/model.onnx"
+S3_MODEL_SHA256 = "cd" * 32  # kwok pods fetch nothing: any digest will do
 SECRET = "modelyard-s3"
 
 
@@ -49,7 +50,9 @@ def _without_values(text: str, values: dict[str, str]) -> None:
 def _s3_deployment(**spec: Any) -> dict[str, Any]:
     document = load_sample("s3-model-deployment.yaml")
     document["metadata"] = {"name": "s3m"}
-    document["spec"].update({"model": {"uri": S3_MODEL}, "replicas": 1, **spec})
+    document["spec"].update(
+        {"model": {"uri": S3_MODEL, "sha256": S3_MODEL_SHA256}, "replicas": 1, **spec}
+    )
     return document
 
 
@@ -130,7 +133,7 @@ def test_s3_training_job_gets_secret_refs_and_no_volume(objects: Objects) -> Non
     [
         (
             "modeldeployments",
-            {**_s3_deployment(), "spec": {"model": {"uri": S3_MODEL}}},
+            {**_s3_deployment(), "spec": {"model": {"uri": S3_MODEL, "sha256": S3_MODEL_SHA256}}},
             "spec.model.uri",
             "spec.s3 (endpoint and Secret) is required",
         ),
@@ -153,7 +156,10 @@ def test_s3_training_job_gets_secret_refs_and_no_volume(objects: Objects) -> Non
         ),
         (
             "modeldeployments",
-            {**_s3_deployment(), "spec": {"model": {"uri": "s3://Bad_Bucket/m.onnx"}}},
+            {
+                **_s3_deployment(),
+                "spec": {"model": {"uri": "s3://Bad_Bucket/m.onnx", "sha256": S3_MODEL_SHA256}},
+            },
             "spec.model.uri",
             "should match",
         ),
@@ -161,7 +167,10 @@ def test_s3_training_job_gets_secret_refs_and_no_volume(objects: Objects) -> Non
             "modeldeployments",
             {
                 **_s3_deployment(),
-                "spec": {"model": {"uri": S3_MODEL}, "s3": {"addressingStyle": "dns"}},
+                "spec": {
+                    "model": {"uri": S3_MODEL, "sha256": S3_MODEL_SHA256},
+                    "s3": {"addressingStyle": "dns"},
+                },
             },
             "spec.s3.addressingStyle",
             "Unsupported value",
