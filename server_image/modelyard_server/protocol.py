@@ -19,6 +19,9 @@ from modelyard_server.errors import bad_request
 from modelyard_server.signature import ALL_DATATYPES, ModelSignature, TensorSpec, datatype_of
 
 MAX_RANK = 32  # numpy's own limit is 64; no real model input comes close
+# Bound of every dimension and of the product of the non-zero ones: an empty tensor may
+# declare any other dimension, and numpy refuses (ONNX Runtime may crash on) absurd ones.
+MAX_DIM = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +42,7 @@ class InferRequest:
     batch_key: Hashable | None
 
 
-def _load_json(raw: bytes | memoryview) -> Any:
+def _load_json(raw: bytes | bytearray | memoryview) -> Any:
     # orjson: strict RFC 8259 (no NaN, no Infinity, 1e400 refused), a nesting limit, and
     # an order of magnitude faster than json on number arrays, the bulk of a request.
     try:
@@ -54,13 +57,17 @@ def _as_int(value: Any) -> int | None:
 
 
 def parse_infer_request(
-    body: bytes,
+    body: bytes | bytearray,
     header_length: int | None,
     signature: ModelSignature,
     *,
     allow_non_finite: bool = False,
+    max_rows: int | None = None,
 ) -> InferRequest:
-    """Parse and validate one infer request (see the module doc)."""
+    """Parse and validate one infer request (see the module doc).
+
+    `max_rows` bounds the first dimension of a model whose inputs are batched (maxBatchSize).
+    """
     if header_length is None:
         header, binary = _load_json(body), memoryview(b"")
     else:
@@ -86,14 +93,19 @@ def parse_infer_request(
     if not isinstance(binary_output_default, bool):
         raise bad_request("parameters.binary_data_output must be a boolean")
 
-    inputs = _parse_inputs(header.get("inputs"), binary, signature, allow_non_finite)
+    rows_limit = max_rows if signature.batch_dim_is_dynamic else None
+    inputs = _parse_inputs(header.get("inputs"), binary, signature, allow_non_finite, rows_limit)
     outputs = _parse_outputs(header.get("outputs"), signature, binary_output_default)
     rows, batch_key = _batch_shape(inputs, signature)
     return InferRequest(request_id, inputs, outputs, rows, batch_key)
 
 
 def _parse_inputs(
-    raw_inputs: Any, binary: memoryview, signature: ModelSignature, allow_non_finite: bool
+    raw_inputs: Any,
+    binary: memoryview,
+    signature: ModelSignature,
+    allow_non_finite: bool,
+    max_rows: int | None,
 ) -> dict[str, np.ndarray]:
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise bad_request("'inputs' must be a non-empty list")
@@ -121,7 +133,7 @@ def _parse_inputs(
         dtype = spec.dtype
         if dtype is None:
             raise bad_request(f"input {name!r}: datatype {datatype} is not supported")
-        shape = _check_shape(name, raw.get("shape"), spec)
+        shape = _check_shape(name, raw.get("shape"), spec, max_rows)
         params = raw.get("parameters", {})
         if not isinstance(params, dict):
             raise bad_request(f"input {name!r}: 'parameters' must be an object")
@@ -157,7 +169,9 @@ def _parse_inputs(
     return {s.name: parsed[s.name] for s in signature.inputs}
 
 
-def _check_shape(name: str, raw_shape: Any, spec: TensorSpec) -> tuple[int, ...]:
+def _check_shape(
+    name: str, raw_shape: Any, spec: TensorSpec, max_rows: int | None
+) -> tuple[int, ...]:
     if not isinstance(raw_shape, list) or len(raw_shape) > MAX_RANK:
         raise bad_request(f"input {name!r}: 'shape' must be a list of at most {MAX_RANK} ints")
     dims: list[int] = []
@@ -166,6 +180,16 @@ def _check_shape(name: str, raw_shape: Any, spec: TensorSpec) -> tuple[int, ...]
         if value is None or value < 0:
             raise bad_request(f"input {name!r}: shape {raw_shape} must hold non-negative ints")
         dims.append(value)
+    if math.prod(d for d in dims if d) > MAX_DIM:
+        raise bad_request(
+            f"input {name!r}: shape {dims} is too large (each dimension, and the product of "
+            f"the non-zero ones, must be at most {MAX_DIM})"
+        )
+    if max_rows is not None and dims and dims[0] > max_rows:
+        raise bad_request(
+            f"input {name!r}: {dims[0]} rows are more than maxBatchSize={max_rows} allows "
+            "in one request; split it"
+        )
     if spec.shape is not None:
         if len(dims) != len(spec.shape):
             raise bad_request(

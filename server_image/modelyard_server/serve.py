@@ -94,6 +94,7 @@ class Lifecycle:
                 await loading
             if self.state.batcher is not None:
                 await self.state.batcher.stop()
+            self.app.close()
         return self.exit_code
 
     async def _load(self) -> None:

@@ -12,7 +12,15 @@ from onnx import TensorProto, helper, numpy_helper
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench" / "server"))
 from onnx_mlp import mlp, save
 
-__all__ = ["ALL_TYPES", "all_types", "lookup_table", "mlp", "save", "slow_identity"]
+__all__ = [
+    "ALL_TYPES",
+    "all_types",
+    "lookup_table",
+    "mlp",
+    "row_sums",
+    "save",
+    "slow_identity",
+]
 
 # OIP datatype -> (ONNX element type, numpy dtype)
 ALL_TYPES: dict[str, tuple[int, np.dtype]] = {
@@ -101,6 +109,21 @@ def lookup_table(rows: int = 10, width: int = 3, busy: int = 32) -> onnx.ModelPr
             numpy_helper.from_array(np.ones((1, 512), dtype=np.float32), "ones"),
             numpy_helper.from_array(np.eye(512, dtype=np.float32), "eye"),
         ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def row_sums(width: int) -> onnx.ModelProto:
+    """y[b] = sum(x[b, :]) for x of shape [batch, width]: wide requests, small answers."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["input", "axis1"], ["output"], keepdims=0)],
+        "row_sums",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch"])],
+        [numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
