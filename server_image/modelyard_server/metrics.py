@@ -51,7 +51,7 @@ class ServerMetrics:
         ).labels(model_name)
         self.inference_seconds = Histogram(
             contracts.METRIC_INFERENCE_DURATION,
-            "ONNX Runtime run time of one batch, in seconds.",
+            "ONNX Runtime run time of one batch (failed runs included), in seconds.",
             ["model"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
