@@ -204,9 +204,9 @@ def container_memory_limit(files: tuple[str, ...] = CGROUP_MEMORY_FILES) -> int 
     return None
 
 
-def default_max_inflight_bytes() -> int:
+def default_max_inflight_bytes(files: tuple[str, ...] = CGROUP_MEMORY_FILES) -> int:
     """An eighth of the container's memory limit, or DEFAULT_MAX_INFLIGHT_BYTES without one."""
-    limit = container_memory_limit()
+    limit = container_memory_limit(files)
     if limit is None:
         return DEFAULT_MAX_INFLIGHT_BYTES
     return max(MIB, limit // INFLIGHT_SHARE_OF_MEMORY)

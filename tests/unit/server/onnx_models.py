@@ -116,8 +116,11 @@ def lookup_table(rows: int = 10, width: int = 3, busy: int = 32) -> onnx.ModelPr
     return model
 
 
-def row_sums(width: int) -> onnx.ModelProto:
-    """y[b] = sum(x[b, :]) for x of shape [batch, width]: wide requests, small answers."""
+def row_sums(width: int | str) -> onnx.ModelProto:
+    """y[b] = sum(x[b, :]) for x of shape [batch, width]: wide requests, small answers.
+
+    A str width is a dynamic (named) second dimension.
+    """
     graph = helper.make_graph(
         [helper.make_node("ReduceSum", ["input", "axis1"], ["output"], keepdims=0)],
         "row_sums",

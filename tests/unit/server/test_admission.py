@@ -6,7 +6,9 @@ server past its memory budget nor starve /v2/health/ready (the kubelet's probe).
 
 from __future__ import annotations
 
+import gzip
 import http.client
+import json
 import threading
 import time
 from pathlib import Path
@@ -168,3 +170,57 @@ def post_chunked(port: int, chunks: list[bytes]) -> tuple[int, dict[str, str], b
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:
         conn.close()
+
+
+@pytest.fixture(scope="module")
+def dynamic_server(start_server, tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
+    path = save(row_sums("width"), tmp_path_factory.mktemp("dynamic") / "row_sums.onnx")
+    return start_server(path, max_batch_size=4)
+
+
+def _infer(server: ServerProcess, body: bytes, **headers: str) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request("POST", "/v2/models/model/infer", body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read()).get("error", "")
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("shape", [[0, 2**63], [0, 2**63 - 1], [0, 2**40], [0, 2**31, 2]])
+def test_absurd_shapes_of_empty_tensors_are_400(
+    dynamic_server: ServerProcess, shape: list[int]
+) -> None:
+    tensor = {"name": "input", "shape": shape, "datatype": "FP32"}
+    as_json = json.dumps({"inputs": [{**tensor, "data": []}]}).encode()
+    header = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": 0}}]}).encode()
+    for body, headers in (
+        (as_json, {}),
+        (header, {"Inference-Header-Content-Length": str(len(header))}),
+    ):
+        status, error = _infer(dynamic_server, body, **headers)
+        assert status == 400 and "too large" in error, (shape, status, error)
+    assert "Traceback" not in dynamic_server.log()
+
+
+def test_more_rows_than_max_batch_size_is_400_naming_the_limit(
+    dynamic_server: ServerProcess,
+) -> None:
+    rows = [[1.0, 2.0]] * 5
+    body = json.dumps(
+        {"inputs": [{"name": "input", "shape": [5, 2], "datatype": "FP32", "data": rows}]}
+    ).encode()
+    status, error = _infer(dynamic_server, body)
+    assert status == 400 and "maxBatchSize=4" in error, error
+
+
+def test_truncated_gzip_body_is_400(dynamic_server: ServerProcess) -> None:
+    body = json.dumps(
+        {"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}
+    ).encode()
+    whole = gzip.compress(body)
+    assert _infer(dynamic_server, whole, **{"Content-Encoding": "gzip"})[0] == 200
+    # Without its trailer (CRC and length) the stream still inflates to the whole JSON.
+    status, error = _infer(dynamic_server, whole[:-8], **{"Content-Encoding": "gzip"})
+    assert status == 400 and "truncated" in error, error
