@@ -166,5 +166,8 @@ METRIC_INFLIGHT_REQUESTS = "modelyard_server_inflight_requests"
 """Gauge of inference requests being handled (queued or running): a good HPA signal."""
 METRIC_MODEL_LOAD_SECONDS = "modelyard_server_model_load_seconds"
 """Gauge of the time it took to load and warm up the model, label: model."""
+METRIC_DYNAMIC_BATCHING = "modelyard_server_dynamic_batching"
+"""Gauge, 1 when requests are batched together, 0 when the model's rows were found to depend
+on each other (or batching is off), label: model."""
 METRIC_MODEL_READY = "modelyard_server_model_ready"
 """Gauge, 1 when the model is ready to serve, label: model."""

@@ -81,6 +81,12 @@ class ServerMetrics:
             ["model"],
             registry=r,
         ).labels(model_name)
+        self.dynamic_batching = Gauge(
+            contracts.METRIC_DYNAMIC_BATCHING,
+            "1 when requests are batched together, 0 when each runs alone.",
+            ["model"],
+            registry=r,
+        ).labels(model_name)
         self.ready = Gauge(
             contracts.METRIC_MODEL_READY,
             "1 when the model is ready to serve, else 0.",

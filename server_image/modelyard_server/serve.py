@@ -116,6 +116,7 @@ class Lifecycle:
         batcher.start()
         self.state.model, self.state.batcher = model, batcher
         self.metrics.load_seconds.set(model.load_seconds)
+        self.metrics.dynamic_batching.set(1 if model.batchable else 0)
         if self.state.shutting_down:
             return
         self.metrics.ready.set(1)
