@@ -18,6 +18,7 @@ import socket
 from collections.abc import Generator
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from modelyard_server.app import InferenceApp, ServingState
 from modelyard_server.batcher import Batcher
@@ -49,6 +50,51 @@ class _UvicornServer(uvicorn.Server):
             self.should_exit = True
 
 
+class _HeaderTimeoutProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol, closing connections that do not finish their headers in time.
+
+    uvicorn bounds only the idle time between requests; a client that trickles a request's
+    headers (or connects and sends nothing) would hold its connection forever.
+    """
+
+    header_timeout: float = 10.0
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._disarm_header_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        # Counted from the connection or the request's first byte, whichever came first.
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout, self._headers_late)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_late(self) -> None:
+        self._header_timer = None
+        self.transport.close()
+
+
+def _protocol(header_timeout: float) -> type[HttpToolsProtocol]:
+    return type("HttpProtocol", (_HeaderTimeoutProtocol,), {"header_timeout": header_timeout})
+
+
 class Lifecycle:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
@@ -59,7 +105,7 @@ class Lifecycle:
             self.app,
             host=settings.host,
             port=settings.port,
-            http="httptools",
+            http=_protocol(settings.header_timeout_seconds),
             loop="none",
             lifespan="off",
             access_log=False,
