@@ -195,12 +195,12 @@ def load_model(settings: ServerSettings) -> LoadedModel:
     if settings.execution_provider == "cuda" and _CUDA not in session.get_providers():
         raise LoadError("ProviderUnavailable", "CUDA is installed but no GPU could be used")
     signature = signature_of(session)
-    unsupported = [s.name for s in signature.inputs if s.dtype is None]
+    unsupported = [s for s in signature.inputs if s.dtype is None and s.datatype != "BYTES"]
     if unsupported:
         raise LoadError(
             "InvalidModel",
-            f"inputs {unsupported} have datatypes that this server cannot receive "
-            f"({[s.datatype for s in signature.inputs if s.dtype is None]})",
+            f"inputs {[s.name for s in unsupported]} have datatypes that this server cannot "
+            f"receive ({[s.datatype for s in unsupported]})",
         )
     model = LoadedModel(session, signature, False, digest, session.get_providers(), 0.0)
     try:

@@ -131,7 +131,7 @@ def _parse_inputs(
                 f"input {name!r}: datatype {datatype} does not match the model's {spec.datatype}"
             )
         dtype = spec.dtype
-        if dtype is None:
+        if dtype is None and datatype != "BYTES":
             raise bad_request(f"input {name!r}: datatype {datatype} is not supported")
         shape = _check_shape(name, raw.get("shape"), spec, max_rows)
         params = raw.get("parameters", {})
@@ -149,12 +149,19 @@ def _parse_inputs(
                     f"input {name!r}: binary_data_size {size} runs past the end of the body "
                     f"({len(binary) - offset} bytes left)"
                 )
-            array = _from_binary(name, spec, dtype, shape, binary[offset : offset + size])
+            blob = binary[offset : offset + size]
             offset += size
-            if not allow_non_finite:
-                _check_finite(name, array)
+            if dtype is None:
+                array = _strings_from_binary(name, shape, blob)
+            else:
+                array = _from_binary(name, spec, dtype, shape, blob)
+                if not allow_non_finite:
+                    _check_finite(name, array)
         elif "data" in raw:
-            array = _from_json(name, spec, dtype, shape, raw["data"])
+            if dtype is None:
+                array = _strings_from_json(name, shape, raw["data"])
+            else:
+                array = _from_json(name, spec, dtype, shape, raw["data"])
         else:
             raise bad_request(f"input {name!r} has neither 'data' nor binary_data_size")
         parsed[name] = array
@@ -217,6 +224,64 @@ def _from_binary(
     if dtype.kind == "b" and array.size and array.view(np.uint8).max() > 1:
         raise bad_request(f"input {name!r}: BOOL bytes must be 0 or 1")
     return array
+
+
+def _strings(shape: tuple[int, ...], items: list[str]) -> np.ndarray:
+    # ONNX Runtime takes string tensors as numpy arrays of Python str objects.
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array.reshape(shape)
+
+
+def _strings_from_binary(name: str, shape: tuple[int, ...], blob: memoryview) -> np.ndarray:
+    """BYTES elements of the binary extension: each a 4-byte little-endian length, then bytes."""
+    count = math.prod(shape)
+    if count * 4 > len(blob):
+        raise bad_request(
+            f"input {name!r}: binary_data_size {len(blob)} is too small for {count} BYTES "
+            "elements (each needs at least its 4-byte length)"
+        )
+    items: list[str] = []
+    offset = 0
+    for index in range(count):
+        if offset + 4 > len(blob):
+            raise bad_request(f"input {name!r}: BYTES element {index} runs past its data")
+        (length,) = struct.unpack_from("<I", blob, offset)
+        offset += 4
+        if offset + length > len(blob):
+            raise bad_request(f"input {name!r}: BYTES element {index} runs past its data")
+        try:
+            items.append(str(blob[offset : offset + length], "utf-8"))
+        except UnicodeDecodeError:
+            raise bad_request(f"input {name!r}: BYTES element {index} is not UTF-8") from None
+        offset += length
+    if offset != len(blob):
+        raise bad_request(
+            f"input {name!r}: {len(blob) - offset} bytes follow its {count} BYTES elements"
+        )
+    return _strings(shape, items)
+
+
+def _strings_from_json(name: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
+    if not isinstance(data, list):
+        raise bad_request(f"input {name!r}: 'data' must be a (flat or nested) list")
+    items: list[str] = []
+    pending: list[Any] = [data]
+    # Flatten without recursion (a client chooses the depth): strings in row-major order.
+    while pending:
+        value = pending.pop()
+        if isinstance(value, list):
+            pending.extend(reversed(value))
+        elif isinstance(value, str):
+            items.append(value)
+        else:
+            raise bad_request(f"input {name!r}: BYTES data must be strings")
+    count = math.prod(shape)
+    if len(items) != count:
+        raise bad_request(
+            f"input {name!r}: shape {list(shape)} needs {count} values, 'data' has {len(items)}"
+        )
+    return _strings(shape, items)
 
 
 def _check_finite(name: str, array: np.ndarray) -> None:
