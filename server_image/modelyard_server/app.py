@@ -7,7 +7,6 @@ per-request overhead is what limits an inference server on small models.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -97,7 +96,7 @@ class Admission:
         self.bytes -= size
 
 
-@dataclass
+@dataclass(slots=True)
 class _Reservation:
     """The bytes that one request holds in its Admission; released when it is answered."""
 
@@ -133,6 +132,8 @@ class InferenceApp:
         )
         self._model_metadata: bytes | None = None
         self.admission = Admission(settings.max_inflight_bytes, settings.max_concurrent_uploads)
+        self._body_limit = min(settings.max_request_bytes, settings.max_inflight_bytes)
+        self._max_rows = settings.max_batch_size if settings.max_batch_size > 1 else None
         # One thread: large bodies parse one at a time, which bounds the memory that parsing
         # takes (a JSON body of floats needs many times its size while it becomes tensors).
         self._parser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parse")
@@ -256,30 +257,36 @@ class InferenceApp:
             header_length, encoding, length = _infer_headers(scope)
             body = await self._receive_body(receive, length, reservation)
             if encoding is not None:
-                body = _decompress(body, encoding, self._body_limit())
+                body = _decompress(body, encoding, self._body_limit)
                 reservation.grow(len(body))
-            inline = len(body) <= INLINE_PARSE_BYTES
-            parse = functools.partial(
-                parse_infer_request,
-                body,
-                header_length,
-                model.signature,
-                allow_non_finite=settings.allow_non_finite_inputs,
-                max_rows=settings.max_batch_size if settings.max_batch_size > 1 else None,
-            )
-            del body  # the JSON text is garbage once parsed; binary tensors keep it alive
-            # The batcher waits for requests being parsed, never for ones still uploading.
-            batcher.arriving()
-            try:
-                if inline:
-                    request = parse()
-                else:
+            max_rows = self._max_rows
+            if len(body) <= INLINE_PARSE_BYTES:
+                request = parse_infer_request(
+                    body,
+                    header_length,
+                    model.signature,
+                    allow_non_finite=settings.allow_non_finite_inputs,
+                    max_rows=max_rows,
+                )
+            else:
+                parse = functools.partial(
+                    parse_infer_request,
+                    body,
+                    header_length,
+                    model.signature,
+                    allow_non_finite=settings.allow_non_finite_inputs,
+                    max_rows=max_rows,
+                )
+                del body  # the JSON text is garbage once parsed; binary tensors keep it alive
+                # The batcher waits for requests being parsed, never for ones still uploading.
+                batcher.arriving()
+                try:
                     loop = asyncio.get_running_loop()
                     request = await loop.run_in_executor(self._parser, parse)
+                finally:
+                    batcher.arrived()
                 del parse
-                future = batcher.submit(request.inputs, request.rows, request.batch_key)
-            finally:
-                batcher.arrived()
+            future = batcher.submit(request.inputs, request.rows, request.batch_key)
             outputs = await future
             by_name = dict(zip(model.signature.output_names, outputs, strict=True))
             body, json_length = encode_infer_response(
@@ -299,9 +306,6 @@ class InferenceApp:
         ]
         return 200, headers, body
 
-    def _body_limit(self) -> int:
-        return min(self.settings.max_request_bytes, self.admission.max_bytes)
-
     def _too_large(self) -> RequestError:
         # Close the connection: the client may still be sending a body we will not read.
         if self.settings.max_request_bytes <= self.admission.max_bytes:
@@ -315,9 +319,12 @@ class InferenceApp:
     async def _receive_body(
         self, receive: Receive, length: int | None, reservation: _Reservation
     ) -> bytes | bytearray:
-        """The whole body, admitted before it is read and read within body_timeout_seconds."""
-        limit = self._body_limit()
-        timeout = self.settings.body_timeout_seconds
+        """The whole body, admitted before it is read.
+
+        The HTTP protocol (serve.py) closes a connection whose body takes longer than
+        bodyTimeoutSeconds; a receive() waiting for it then reports the client gone.
+        """
+        limit = self._body_limit
         if length is not None:
             if length > limit:
                 raise self._too_large()
@@ -326,7 +333,7 @@ class InferenceApp:
             except RequestError:
                 # Read and drop the body first, so that a client that sends its whole body
                 # before it reads the answer (most do) sees the 503 instead of a reset.
-                await _discard(receive, timeout)
+                await _discard(receive)
                 raise
         admission = self.admission
         if admission.uploads >= admission.max_uploads:
@@ -338,16 +345,9 @@ class InferenceApp:
             )
         admission.uploads += 1
         try:
-            async with asyncio.timeout(timeout):
-                if length is not None:
-                    return await _read_exact(receive, length)
-                return await self._read_streamed(receive, limit, reservation)
-        except TimeoutError:
-            raise RequestError(
-                408,
-                f"the request body did not arrive within {timeout} s (bodyTimeoutSeconds)",
-                headers=(CLOSE,),
-            ) from None
+            if length is not None:
+                return await _read_exact(receive, length)
+            return await self._read_streamed(receive, limit, reservation)
         finally:
             admission.uploads -= 1
 
@@ -413,28 +413,31 @@ def _infer_headers(scope: Scope) -> tuple[int | None, str | None, int | None]:
     return header_length, encoding, length
 
 
-async def _discard(receive: Receive, timeout: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(timeout):
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise _ClientGone()
-                if not message.get("more_body", False):
-                    return
+async def _discard(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone()
+        if not message.get("more_body", False):
+            return
 
 
-async def _read_exact(receive: Receive, length: int) -> bytearray:
-    # One buffer of the declared size, filled in place: no list of chunks joined at the end,
-    # which would hold the body twice.
+async def _read_exact(receive: Receive, length: int) -> bytes | bytearray:
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise _ClientGone()
+    chunk = message.get("body", b"")
+    if not message.get("more_body", False):
+        # The usual case: the whole body in one message, kept as it is.
+        if len(chunk) != length:
+            raise bad_request(f"the body has {len(chunk)} bytes, its Content-Length says {length}")
+        return chunk
+    # Several messages: one buffer of the declared size, filled in place, not a list of
+    # chunks joined at the end, which would hold the body twice.
     body = bytearray(length)
     size = 0
     with memoryview(body) as view:
         while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _ClientGone()
-            chunk = message.get("body", b"")
             end = size + len(chunk)
             if end > length:  # the HTTP parser enforces Content-Length; never trust it blindly
                 raise bad_request("the body is longer than its Content-Length")
@@ -442,6 +445,10 @@ async def _read_exact(receive: Receive, length: int) -> bytearray:
             size = end
             if not message.get("more_body", False):
                 break
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone()
+            chunk = message.get("body", b"")
     if size != length:
         raise bad_request(f"the body has {size} bytes, its Content-Length says {length}")
     return body

@@ -284,7 +284,7 @@ class ServerSettings(ServerConfig):
         le=3600,
         description=(
             "Longest time a connection may take to send a request's headers (counted from "
-            "the connection or the request's first byte); then it is closed."
+            "the connection or the request's first byte); then it gets 408 and is closed."
         ),
     )
     body_timeout_seconds: float = Field(

@@ -319,12 +319,15 @@ def _check_shape(
     if not isinstance(raw_shape, list) or len(raw_shape) > MAX_RANK:
         raise bad_request(f"input {name!r}: 'shape' must be a list of at most {MAX_RANK} ints")
     dims: list[int] = []
+    size = 1  # of the non-zero dimensions
     for dim in raw_shape:
         value = _as_int(dim)
         if value is None or value < 0:
             raise bad_request(f"input {name!r}: shape {raw_shape} must hold non-negative ints")
         dims.append(value)
-    if math.prod(d for d in dims if d) > MAX_DIM:
+        if value:
+            size *= value
+    if size > MAX_DIM:
         raise bad_request(
             f"input {name!r}: shape {dims} is too large (each dimension, and the product of "
             f"the non-zero ones, must be at most {MAX_DIM})"

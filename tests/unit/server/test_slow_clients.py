@@ -94,7 +94,9 @@ def test_a_stalled_body_gets_408_after_the_body_timeout(
             answer += chunk
         elapsed = time.monotonic() - started
         assert answer.startswith(b"HTTP/1.1 408"), answer
-        assert b"bodyTimeoutSeconds" in answer
+        head, _, payload = answer.partition(b"\r\n\r\n")
+        assert b"content-length: %d" % len(payload) in head
+        assert b"bodyTimeoutSeconds" in json.loads(payload)["error"].encode()
         assert 0.9 < elapsed < 4, elapsed
         sock.settimeout(5)
         assert sock.recv(1) == b"", "the connection stays open"
