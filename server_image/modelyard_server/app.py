@@ -83,7 +83,7 @@ class Admission:
 
     def take(self, size: int) -> None:
         if self.bytes + size > self.max_bytes:
-            # The body is not read: close the connection rather than drain it.
+            # Answered before the body is used; the connection closes after the answer.
             raise RequestError(
                 503,
                 f"too many request bytes in flight ({self.bytes} of {self.max_bytes}, "
