@@ -105,16 +105,31 @@ def _load_large_json(body: bytes | bytearray) -> Any:
     pieces.append(body[position:])
     try:
         header = orjson.loads(b"".join(pieces))
-    except orjson.JSONDecodeError:
-        return _load_json(body)  # the original's own error message
+    except orjson.JSONDecodeError as exc:
+        # Parsing the original instead would build the objects this path avoids. Positions
+        # would be those of the shortened text: the message leaves them out.
+        raise bad_request(f"malformed JSON: {exc.msg}") from None
     inputs = header.get("inputs") if isinstance(header, dict) else None
     for tensor in inputs if isinstance(inputs, list) else ():
         data = tensor.get("data") if isinstance(tensor, dict) else None
         if isinstance(data, str) and data in lifted:
             tensor["data"] = _LiftedArray(lifted.pop(data))
-    if lifted:  # a marker landed elsewhere: nothing to gain, parse the plain way
-        return _load_json(body)
+    if lifted:
+        _restore(header, lifted)
     return header
+
+
+def _restore(document: Any, lifted: dict[str, bytes]) -> None:
+    """Put back the arrays lifted from places other than an input's "data" (rare, small)."""
+    pending = [document]
+    while pending:
+        node = pending.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in list(items):
+            if isinstance(value, str) and value in lifted:
+                node[key] = _load_json(lifted[value])
+            elif isinstance(value, dict | list):
+                pending.append(value)
 
 
 def _nesting(shape: tuple[int, ...]) -> bytes:

@@ -58,8 +58,14 @@ def bodies(draw: st.DrawFn) -> tuple[str, bytes]:
     shape = draw(st.sampled_from([[rows, 3], [rows, 3], [rows + 1, 3], [rows * 3], [1, rows * 3]]))
     # The id holds '"data": [' too: only the real key may be lifted.
     tensor = f'{{"name": "input", "datatype": "{datatype}", "shape": {json.dumps(shape)}'
+    if draw(st.booleans()):  # a "data" array where no tensor data belongs
+        tensor += ', "parameters": {"data": [1, 2.5]}'
     tensor += f', "data"{draw(spaces)}:{draw(spaces)}{data}}}'
     body = '{"id": "a\\"data\\": [1]", "inputs": [' + tensor + "]}"
+    if draw(st.booleans()):
+        body = body[:-1] + ', "data": [[0], [1]]}'
+    if draw(st.integers(0, 5)) == 0:  # broken JSON, cut anywhere
+        body = body[: draw(st.integers(0, len(body) - 1))]
     return datatype, body.encode()
 
 
