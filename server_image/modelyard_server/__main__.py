@@ -27,7 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
         flags = [f"--{name.replace('_', '-')}"]
         if name in _SHORT:
             flags.insert(0, _SHORT[name])
-        default = info.default if info.default is not None else "unset"
+        if info.default_factory is not None:
+            default = "derived, see above"
+        else:
+            default = info.default if info.default is not None else "unset"
         parser.add_argument(
             *flags,
             dest=name,

@@ -6,10 +6,13 @@ per-request overhead is what limits an inference server on small models.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -35,6 +38,10 @@ Response = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 JSON = b"application/json"
 UNKNOWN_MODEL_LABEL = "_unknown"
+# Bodies up to this size parse on the event loop (well under a millisecond); larger ones in
+# the parse thread, so that a big JSON body never holds up health probes for long.
+INLINE_PARSE_BYTES = 64 * 1024
+CLOSE = (b"connection", b"close")
 
 
 def _version() -> str:
@@ -61,6 +68,50 @@ class _ClientGone(Exception):
     pass
 
 
+class Admission:
+    """Bounds on request bodies held at once: bytes (read, parsed, queued or run) and uploads.
+
+    Checked before a body is read, from its declared Content-Length, so that a request the
+    server cannot afford costs nothing but its headers.
+    """
+
+    def __init__(self, max_bytes: int, max_uploads: int) -> None:
+        self.max_bytes = max_bytes
+        self.max_uploads = max_uploads
+        self.bytes = 0
+        self.uploads = 0
+
+    def take(self, size: int) -> None:
+        if self.bytes + size > self.max_bytes:
+            # Answered before the body is used; the connection closes after the answer.
+            raise RequestError(
+                503,
+                f"too many request bytes in flight ({self.bytes} of {self.max_bytes}, "
+                "maxInflightBytes); retry later",
+                headers=((b"retry-after", b"1"), CLOSE),
+            )
+        self.bytes += size
+
+    def give(self, size: int) -> None:
+        self.bytes -= size
+
+
+@dataclass(slots=True)
+class _Reservation:
+    """The bytes that one request holds in its Admission; released when it is answered."""
+
+    admission: Admission
+    size: int = 0
+
+    def grow(self, size: int) -> None:
+        self.admission.take(size)
+        self.size += size
+
+    def release(self) -> None:
+        self.admission.give(self.size)
+        self.size = 0
+
+
 def _json_body(document: Any) -> bytes:
     return orjson.dumps(document)
 
@@ -80,6 +131,15 @@ class InferenceApp:
             }
         )
         self._model_metadata: bytes | None = None
+        self.admission = Admission(settings.max_inflight_bytes, settings.max_concurrent_uploads)
+        self._body_limit = min(settings.max_request_bytes, settings.max_inflight_bytes)
+        self._max_rows = settings.max_batch_size if settings.max_batch_size > 1 else None
+        # One thread: large bodies parse one at a time, which bounds the memory that parsing
+        # takes (a JSON body of floats needs many times its size while it becomes tensors).
+        self._parser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parse")
+
+    def close(self) -> None:
+        self._parser.shutdown(wait=True)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -189,24 +249,44 @@ class InferenceApp:
         model, batcher = self.state.model, self.state.batcher
         if model is None or batcher is None:
             raise unavailable(f"model {self.name!r} is not ready yet")
+        settings = self.settings
         inflight = self.metrics.inflight
         inflight.inc()
+        reservation = _Reservation(self.admission)
         try:
-            batcher.arriving()
-            try:
-                header_length, encoding = _infer_headers(scope, self.settings.max_request_bytes)
-                body = await _read_body(receive, self.settings.max_request_bytes)
-                if encoding is not None:
-                    body = _decompress(body, encoding, self.settings.max_request_bytes)
+            header_length, encoding, length = _infer_headers(scope)
+            body = await self._receive_body(receive, length, reservation)
+            if encoding is not None:
+                body = _decompress(body, encoding, self._body_limit)
+                reservation.grow(len(body))
+            max_rows = self._max_rows
+            if len(body) <= INLINE_PARSE_BYTES:
                 request = parse_infer_request(
                     body,
                     header_length,
                     model.signature,
-                    allow_non_finite=self.settings.allow_non_finite_inputs,
+                    allow_non_finite=settings.allow_non_finite_inputs,
+                    max_rows=max_rows,
                 )
-                future = batcher.submit(request.inputs, request.rows, request.batch_key)
-            finally:
-                batcher.arrived()
+            else:
+                parse = functools.partial(
+                    parse_infer_request,
+                    body,
+                    header_length,
+                    model.signature,
+                    allow_non_finite=settings.allow_non_finite_inputs,
+                    max_rows=max_rows,
+                )
+                del body  # the JSON text is garbage once parsed; binary tensors keep it alive
+                # The batcher waits for requests being parsed, never for ones still uploading.
+                batcher.arriving()
+                try:
+                    loop = asyncio.get_running_loop()
+                    request = await loop.run_in_executor(self._parser, parse)
+                finally:
+                    batcher.arrived()
+                del parse
+            future = batcher.submit(request.inputs, request.rows, request.batch_key)
             outputs = await future
             by_name = dict(zip(model.signature.output_names, outputs, strict=True))
             body, json_length = encode_infer_response(
@@ -216,6 +296,7 @@ class InferenceApp:
                 [(o, by_name[o.name]) for o in request.outputs],
             )
         finally:
+            reservation.release()
             inflight.dec()
         if json_length is None:
             return 200, [(b"content-type", JSON)], body
@@ -224,6 +305,72 @@ class InferenceApp:
             (b"inference-header-content-length", str(json_length).encode()),
         ]
         return 200, headers, body
+
+    def _too_large(self) -> RequestError:
+        # Close the connection: the client may still be sending a body we will not read.
+        if self.settings.max_request_bytes <= self.admission.max_bytes:
+            limit, setting = self.settings.max_request_bytes, "maxRequestBytes"
+        else:
+            limit, setting = self.admission.max_bytes, "maxInflightBytes"
+        return RequestError(
+            413, f"request body exceeds the limit of {limit} bytes ({setting})", headers=(CLOSE,)
+        )
+
+    async def _receive_body(
+        self, receive: Receive, length: int | None, reservation: _Reservation
+    ) -> bytes | bytearray:
+        """The whole body, admitted before it is read.
+
+        The HTTP protocol (serve.py) closes a connection whose body takes longer than
+        bodyTimeoutSeconds; a receive() waiting for it then reports the client gone.
+        """
+        limit = self._body_limit
+        if length is not None:
+            if length > limit:
+                raise self._too_large()
+            try:
+                reservation.grow(length)
+            except RequestError:
+                # Read and drop the body first, so that a client that sends its whole body
+                # before it reads the answer (most do) sees the 503 instead of a reset.
+                await _discard(receive)
+                raise
+        admission = self.admission
+        if admission.uploads >= admission.max_uploads:
+            raise RequestError(
+                503,
+                f"too many request bodies being received ({admission.max_uploads}, "
+                "maxConcurrentUploads); retry later",
+                headers=((b"retry-after", b"1"), CLOSE),
+            )
+        admission.uploads += 1
+        try:
+            if length is not None:
+                return await _read_exact(receive, length)
+            return await self._read_streamed(receive, limit, reservation)
+        finally:
+            admission.uploads -= 1
+
+    async def _read_streamed(
+        self, receive: Receive, limit: int, reservation: _Reservation
+    ) -> bytes:
+        # No Content-Length (chunked): every chunk is admitted as it comes.
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone()
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise self._too_large()
+                reservation.grow(len(chunk))
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _allow(method: str, allowed: str) -> None:
@@ -242,18 +389,11 @@ def _unknown_model(
     return not_found(f"unknown model {name!r}")
 
 
-def _too_large(limit: int) -> RequestError:
-    # Close the connection: the client may still be sending a body we will not read.
-    return RequestError(
-        400,
-        f"request body exceeds the limit of {limit} bytes (maxRequestBytes)",
-        headers=((b"connection", b"close"),),
-    )
-
-
-def _infer_headers(scope: Scope, limit: int) -> tuple[int | None, str | None]:
+def _infer_headers(scope: Scope) -> tuple[int | None, str | None, int | None]:
+    """Inference-Header-Content-Length, Content-Encoding and Content-Length."""
     header_length: int | None = None
     encoding: str | None = None
+    length: int | None = None
     for name, value in scope["headers"]:
         if name == b"inference-header-content-length":
             try:
@@ -265,35 +405,56 @@ def _infer_headers(scope: Scope, limit: int) -> tuple[int | None, str | None]:
                 length = int(value)
             except ValueError:
                 raise bad_request("Content-Length must be an integer") from None
-            if length > limit:
-                raise _too_large(limit)
         elif name == b"content-encoding":
             token = value.decode("latin-1").strip().lower()
             if token not in ("gzip", "deflate", "identity"):
                 raise bad_request(f"unsupported Content-Encoding {token!r}")
             encoding = None if token == "identity" else token
-    return header_length, encoding
+    return header_length, encoding, length
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
+async def _discard(receive: Receive) -> None:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise _ClientGone()
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            chunks.append(chunk)
         if not message.get("more_body", False):
-            break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            return
 
 
-def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+async def _read_exact(receive: Receive, length: int) -> bytes | bytearray:
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise _ClientGone()
+    chunk = message.get("body", b"")
+    if not message.get("more_body", False):
+        # The usual case: the whole body in one message, kept as it is.
+        if len(chunk) != length:
+            raise bad_request(f"the body has {len(chunk)} bytes, its Content-Length says {length}")
+        return chunk
+    # Several messages: one buffer of the declared size, filled in place, not a list of
+    # chunks joined at the end, which would hold the body twice.
+    body = bytearray(length)
+    size = 0
+    with memoryview(body) as view:
+        while True:
+            end = size + len(chunk)
+            if end > length:  # the HTTP parser enforces Content-Length; never trust it blindly
+                raise bad_request("the body is longer than its Content-Length")
+            view[size:end] = chunk
+            size = end
+            if not message.get("more_body", False):
+                break
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone()
+            chunk = message.get("body", b"")
+    if size != length:
+        raise bad_request(f"the body has {size} bytes, its Content-Length says {length}")
+    return body
+
+
+def _decompress(body: bytes | bytearray, encoding: str, limit: int) -> bytes:
     # wbits: 16+ for gzip framing, plain zlib framing for deflate (what clients send).
     decoder = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
     try:
@@ -301,5 +462,13 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     except zlib.error as exc:
         raise bad_request(f"body is not valid {encoding}: {exc}") from None
     if len(out) > limit or decoder.unconsumed_tail:
-        raise _too_large(limit)
+        raise RequestError(
+            413,
+            f"decompressed request body exceeds the limit of {limit} bytes",
+            headers=(CLOSE,),
+        )
+    if not decoder.eof:
+        raise bad_request(f"the {encoding} body is truncated (its end-of-stream is missing)")
+    if decoder.unused_data:
+        raise bad_request(f"{len(decoder.unused_data)} bytes follow the end of the {encoding} body")
     return out

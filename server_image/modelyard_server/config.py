@@ -30,6 +30,18 @@ ENV_PREFIX = "MODELYARD_SERVER_"
 
 MIB = 1024 * 1024
 
+# Where the container's memory limit can be read: cgroup v2, then v1.
+CGROUP_MEMORY_FILES = (
+    "/sys/fs/cgroup/memory.max",
+    "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+)
+# cgroup v1 reports "no limit" as a huge number (the page-rounded int64 maximum).
+_NO_LIMIT = 2**60
+# A JSON request of floats needs up to ~20 times its size while it is parsed, and the parsed
+# tensors stay until the answer; an eighth of the pod's memory for bodies leaves room for that.
+INFLIGHT_SHARE_OF_MEMORY = 8
+DEFAULT_MAX_INFLIGHT_BYTES = 256 * MIB
+
 GraphOptimizationLevel = Literal["disable", "basic", "extended", "all"]
 ExecutionProvider = Literal["auto", "cpu", "cuda"]
 
@@ -119,7 +131,7 @@ class ServerConfig(BaseModel):
         default=64 * MIB,
         ge=1024,
         le=2**31 - 1,
-        description="Largest accepted request body in bytes; larger bodies get 400.",
+        description="Largest accepted request body in bytes; larger bodies get 413.",
     )
     allow_non_finite_inputs: bool = Field(
         default=False,
@@ -174,6 +186,32 @@ def _env_scalar(value: Any) -> str:
     return str(value)
 
 
+def container_memory_limit(files: tuple[str, ...] = CGROUP_MEMORY_FILES) -> int | None:
+    """The cgroup's memory limit in bytes, or None when there is none or it cannot be read."""
+    for path in files:
+        try:
+            with open(path) as handle:
+                raw = handle.read().strip()
+        except OSError:
+            continue
+        if raw == "max":
+            return None
+        try:
+            limit = int(raw)
+        except ValueError:
+            continue
+        return limit if 0 < limit < _NO_LIMIT else None
+    return None
+
+
+def default_max_inflight_bytes(files: tuple[str, ...] = CGROUP_MEMORY_FILES) -> int:
+    """An eighth of the container's memory limit, or DEFAULT_MAX_INFLIGHT_BYTES without one."""
+    limit = container_memory_limit(files)
+    if limit is None:
+        return DEFAULT_MAX_INFLIGHT_BYTES
+    return max(MIB, limit // INFLIGHT_SHARE_OF_MEMORY)
+
+
 class ServerSettings(ServerConfig):
     """Everything the server process needs: the CR's tuning plus the pod-local runtime fields."""
 
@@ -216,6 +254,47 @@ class ServerSettings(ServerConfig):
         min_length=1,
         max_length=4096,
         description="File that receives the LoadFailure record when the model cannot be loaded.",
+    )
+
+    # Admission control and slow clients. Pod-local: they follow from the pod's memory limit
+    # and the network in front of it, not from the model.
+    max_inflight_bytes: int = Field(
+        default_factory=default_max_inflight_bytes,
+        ge=MIB,
+        le=2**40,
+        description=(
+            "Most request-body bytes held at once: declared (Content-Length) or received "
+            "bytes of every infer request being read, parsed, queued or run. A request that "
+            "would go over it gets 503 with Retry-After before its body is read; a single "
+            "body over it gets 413. Default: an eighth of the container's memory limit (cgroup "
+            "v2 memory.max or v1 memory.limit_in_bytes), or 256 MiB when there is none."
+        ),
+    )
+    max_concurrent_uploads: int = Field(
+        default=128,
+        ge=1,
+        le=65536,
+        description=(
+            "Most infer request bodies being received at once; more get 503 with Retry-After."
+        ),
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Longest time a connection may take to send a request's headers (counted from "
+            "the connection or the request's first byte); then it gets 408 and is closed."
+        ),
+    )
+    body_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Longest time an infer request may take to send its whole body; then it gets 408 "
+            "and the connection is closed. Only fully received requests reach the batcher."
+        ),
     )
 
     @field_validator("sha256")

@@ -51,7 +51,7 @@ class ServerMetrics:
         ).labels(model_name)
         self.inference_seconds = Histogram(
             contracts.METRIC_INFERENCE_DURATION,
-            "ONNX Runtime run time of one batch, in seconds.",
+            "ONNX Runtime run time of one batch (failed runs included), in seconds.",
             ["model"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
@@ -78,6 +78,12 @@ class ServerMetrics:
         self.load_seconds = Gauge(
             contracts.METRIC_MODEL_LOAD_SECONDS,
             "Time taken to verify, load and warm up the model, in seconds.",
+            ["model"],
+            registry=r,
+        ).labels(model_name)
+        self.dynamic_batching = Gauge(
+            contracts.METRIC_DYNAMIC_BATCHING,
+            "1 when requests are batched together, 0 when each runs alone.",
             ["model"],
             registry=r,
         ).labels(model_name)

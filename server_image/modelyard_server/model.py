@@ -121,9 +121,58 @@ def dummy_feed(signature: ModelSignature, rows: int) -> dict[str, np.ndarray]:
     return feed
 
 
-def _rows_follow_inputs(model: LoadedModel, rows: int) -> bool:
-    outputs = model.run(dummy_feed(model.signature, rows))
-    return all(o.ndim >= 1 and o.shape[0] == rows for o in outputs)
+PROBE_ROWS = 4
+# Batched and single-row runs may differ in the last bits (other kernels, other summation
+# order); a row that depends on its neighbours differs by far more.
+_PROBE_RTOL = 1e-3
+_PROBE_ATOL = 1e-4
+
+
+def probe_feed(signature: ModelSignature, rows: int) -> dict[str, np.ndarray]:
+    """Distinct rows for every input: values that any model should accept.
+
+    Floats are seeded random numbers; integers and booleans alternate 0 and 1 (0 and 1 are
+    valid indices and categories for any model that takes them); strings are the row number.
+    """
+    rng = np.random.default_rng(0)
+    feed: dict[str, np.ndarray] = {}
+    for spec in signature.inputs:
+        shape = [rows] + [1 if d == -1 else d for d in (spec.shape or (-1,))[1:]]
+        row_of = np.arange(rows).reshape([rows] + [1] * (len(shape) - 1))
+        dtype = spec.dtype
+        if dtype is None:
+            feed[spec.name] = np.broadcast_to(row_of.astype(str).astype(object), shape).copy()
+        elif dtype.kind == "f":
+            feed[spec.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feed[spec.name] = np.broadcast_to(row_of % 2, shape).astype(dtype)
+    return feed
+
+
+def _same(batched: np.ndarray, alone: np.ndarray) -> bool:
+    if batched.shape != alone.shape:
+        return False
+    if batched.dtype.kind in "fc":
+        return bool(np.allclose(batched, alone, rtol=_PROBE_RTOL, atol=_PROBE_ATOL, equal_nan=True))
+    return bool(np.array_equal(batched, alone))
+
+
+def row_independence(model: LoadedModel, rows: int) -> str | None:
+    """None when each row of a batch gets what it gets alone; else what differs.
+
+    Dynamic batching concatenates the rows of different clients: that is only right for a
+    model that computes every output row from its own input row (not, say, x - mean(x)).
+    """
+    feed = probe_feed(model.signature, rows)
+    batched = model.run(feed)
+    if not all(o.ndim >= 1 and o.shape[0] == rows for o in batched):
+        return "its outputs do not have one row per input row"
+    for row in range(rows):
+        alone = model.run({name: value[row : row + 1] for name, value in feed.items()})
+        for spec, whole, single in zip(model.signature.outputs, batched, alone, strict=True):
+            if not _same(whole[row : row + 1], single):
+                return f"output {spec.name!r} of row {row} differs in a batch and alone"
+    return None
 
 
 def load_model(settings: ServerSettings) -> LoadedModel:
@@ -146,12 +195,12 @@ def load_model(settings: ServerSettings) -> LoadedModel:
     if settings.execution_provider == "cuda" and _CUDA not in session.get_providers():
         raise LoadError("ProviderUnavailable", "CUDA is installed but no GPU could be used")
     signature = signature_of(session)
-    unsupported = [s.name for s in signature.inputs if s.dtype is None]
+    unsupported = [s for s in signature.inputs if s.dtype is None and s.datatype != "BYTES"]
     if unsupported:
         raise LoadError(
             "InvalidModel",
-            f"inputs {unsupported} have datatypes that this server cannot receive "
-            f"({[s.datatype for s in signature.inputs if s.dtype is None]})",
+            f"inputs {[s.name for s in unsupported]} have datatypes that this server cannot "
+            f"receive ({[s.datatype for s in unsupported]})",
         )
     model = LoadedModel(session, signature, False, digest, session.get_providers(), 0.0)
     try:
@@ -159,11 +208,15 @@ def load_model(settings: ServerSettings) -> LoadedModel:
     except Exception as exc:
         raise LoadError("WarmupFailed", f"warm-up inference on {path} failed: {exc}") from None
     if settings.max_batch_size > 1 and signature.batch_dim_is_dynamic:
-        # The signature promises a batch dimension; check that the outputs follow it.
+        # The signature promises a batch dimension; check that rows are independent.
+        rows = min(PROBE_ROWS, settings.max_batch_size)
         try:
-            model.batchable = _rows_follow_inputs(model, 2)
+            difference = row_independence(model, rows)
         except Exception as exc:
-            log.warning("batching off: a batch of 2 rows fails (%s)", exc)
+            difference = f"a batch of {rows} rows fails ({exc})"
+        model.batchable = difference is None
+        if difference is not None:
+            log.warning("batching off: the model's rows are not independent: %s", difference)
         if model.batchable:
             try:
                 model.run(dummy_feed(signature, settings.max_batch_size))

@@ -7,6 +7,8 @@ batcher, so one client's bad tensor never fails a batch that holds other clients
 from __future__ import annotations
 
 import math
+import re
+import secrets
 import struct
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -19,6 +21,9 @@ from modelyard_server.errors import bad_request
 from modelyard_server.signature import ALL_DATATYPES, ModelSignature, TensorSpec, datatype_of
 
 MAX_RANK = 32  # numpy's own limit is 64; no real model input comes close
+# Bound of every dimension and of the product of the non-zero ones: an empty tensor may
+# declare any other dimension, and numpy refuses (ONNX Runtime may crash on) absurd ones.
+MAX_DIM = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +44,7 @@ class InferRequest:
     batch_key: Hashable | None
 
 
-def _load_json(raw: bytes | memoryview) -> Any:
+def _load_json(raw: bytes | bytearray | memoryview) -> Any:
     # orjson: strict RFC 8259 (no NaN, no Infinity, 1e400 refused), a nesting limit, and
     # an order of magnitude faster than json on number arrays, the bulk of a request.
     try:
@@ -48,21 +53,165 @@ def _load_json(raw: bytes | memoryview) -> Any:
         raise bad_request(f"malformed JSON: {exc}") from None
 
 
+# --- large JSON bodies: numbers without a Python object each -------------------------------
+#
+# orjson turns every number into a Python float (32 bytes with its list slot): a body of
+# short numbers like "0.5," grows 8-fold before numpy sees it, 20-fold at the peak. Above
+# LIFT_JSON_BYTES, the numeric "data" arrays are cut out of the text first; the rest parses
+# as usual, and numpy reads the numbers of float inputs straight from the text. Anything
+# unusual about an array (not floats, not the expected nesting, not strict JSON numbers)
+# goes back to the ordinary path, so answers and error messages stay the same.
+LIFT_JSON_BYTES = 1024 * 1024
+NUMBERS_PIECE = 256 * 1024
+_DATA_ARRAY = re.compile(rb'"data"\s*:\s*\[')
+_NUMERIC_RUN = re.compile(rb"[0-9eE+\-.,\[\]\s]*")
+# Comma-separated JSON numbers (RFC 8259 grammar), as a lifted array is once its brackets
+# are gone: strtod alone would also take "+1", ".5", "1.", "01" and read "" as -1.
+# Possessive quantifiers: one pass, no backtracking (~0.1 s for 8 MiB).
+_NUMBER = rb"[ \t\r\n]*+-?+(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?+(?:[eE][+\-]?+[0-9]++)?+[ \t\r\n]*+"
+_JSON_NUMBERS = re.compile(_NUMBER + rb"(?:," + _NUMBER + rb")*+")
+_NUMBER_CHARS = b"0123456789eE+-. \t\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class _LiftedArray:
+    """The JSON text of one numeric "data" array, cut out of a large body."""
+
+    text: bytes
+
+
+def _load_large_json(body: bytes | bytearray) -> Any:
+    """Parse a large JSON body; numeric "data" arrays come back as _LiftedArray."""
+    nonce = secrets.token_hex(8)
+    pieces: list[bytes | bytearray] = []
+    lifted: dict[str, bytes] = {}
+    position = 0
+    for match in _DATA_ARRAY.finditer(body):
+        start = match.end() - 1
+        run = _NUMERIC_RUN.match(body, start)
+        end = run.end() if run else start
+        while end > start and body[end - 1] in b" \t\r\n,":
+            end -= 1
+        with memoryview(body) as view:
+            text = bytes(view[start:end])  # one copy; slicing the bytearray would add another
+        if not text.endswith(b"]") or text.count(b"[") != text.count(b"]"):
+            continue  # not a plain numeric array: leave it to orjson
+        marker = f"\u0000{nonce}:{len(lifted)}"
+        pieces += [body[position:start], orjson.dumps(marker)]
+        lifted[marker] = text
+        position = end
+    if not lifted:
+        return _load_json(body)
+    pieces.append(body[position:])
+    try:
+        header = orjson.loads(b"".join(pieces))
+    except orjson.JSONDecodeError as exc:
+        # Parsing the original instead would build the objects this path avoids. Positions
+        # would be those of the shortened text: the message leaves them out.
+        raise bad_request(f"malformed JSON: {exc.msg}") from None
+    inputs = header.get("inputs") if isinstance(header, dict) else None
+    for tensor in inputs if isinstance(inputs, list) else ():
+        data = tensor.get("data") if isinstance(tensor, dict) else None
+        if isinstance(data, str) and data in lifted:
+            tensor["data"] = _LiftedArray(lifted.pop(data))
+    if lifted:
+        _restore(header, lifted)
+    return header
+
+
+def _restore(document: Any, lifted: dict[str, bytes]) -> None:
+    """Put back the arrays lifted from places other than an input's "data" (rare, small)."""
+    pending = [document]
+    while pending:
+        node = pending.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in list(items):
+            if isinstance(value, str) and value in lifted:
+                node[key] = _load_json(lifted[value])
+            elif isinstance(value, dict | list):
+                pending.append(value)
+
+
+def _nesting(shape: tuple[int, ...]) -> bytes:
+    """Brackets and commas of a fully nested array of `shape`, numbers left out."""
+    inner = b"[" + b"," * (shape[-1] - 1) + b"]"
+    for dim in reversed(shape[:-1]):
+        inner = b"[" + b",".join([inner] * dim) + b"]"
+    return inner
+
+
+def _read_numbers(numbers: bytes, dtype: np.dtype, count: int) -> np.ndarray | None:
+    """`count` comma-separated JSON numbers; None when they are not exactly that.
+
+    Read in pieces of about NUMBERS_PIECE bytes (cut at commas): each regex and numpy call
+    holds the GIL, and the event loop must get it back often while a large body is read.
+    """
+    out = np.empty(count, dtype=dtype)
+    filled = 0
+    start = 0
+    while start < len(numbers):
+        end = numbers.find(b",", start + NUMBERS_PIECE)
+        end = len(numbers) if end < 0 else end
+        piece = numbers[start:end]
+        if not _JSON_NUMBERS.fullmatch(piece):
+            return None
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                values = np.fromstring(piece, dtype=dtype, sep=",")
+        except ValueError:  # numpy could not read it all after all: let the ordinary path judge
+            return None
+        if filled + values.size > count:
+            return None
+        out[filled : filled + values.size] = values
+        filled += values.size
+        start = end + 1
+    return out if filled == count else None
+
+
+def _floats_from_text(
+    name: str, spec: TensorSpec, dtype: np.dtype, shape: tuple[int, ...], text: bytes
+) -> np.ndarray | None:
+    """The array of a lifted float input; None when it needs the ordinary path."""
+    count = math.prod(shape)
+    if count == 0 or not shape:
+        return None
+    structure = text.translate(None, _NUMBER_CHARS)
+    nested = structure.startswith(b"[[")  # flat data is allowed for any shape, as in OIP
+    if structure != _nesting(shape if nested else (count,)):
+        return None
+    # numpy reads FP32 and FP64 text directly (through a double, as the ordinary path does).
+    values = _read_numbers(
+        text.translate(None, b"[]"), dtype if dtype.itemsize >= 4 else np.dtype(np.float64), count
+    )
+    if values is None:
+        return None
+    with np.errstate(over="ignore", invalid="ignore"):
+        array = values.astype(dtype, copy=False).reshape(shape)
+    if not np.isfinite(array).all():
+        raise bad_request(f"input {name!r}: a value is out of range for {spec.datatype}")
+    return array
+
+
 def _as_int(value: Any) -> int | None:
     # bool is an int subclass in Python but never a valid size or dimension.
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def parse_infer_request(
-    body: bytes,
+    body: bytes | bytearray,
     header_length: int | None,
     signature: ModelSignature,
     *,
     allow_non_finite: bool = False,
+    max_rows: int | None = None,
 ) -> InferRequest:
-    """Parse and validate one infer request (see the module doc)."""
+    """Parse and validate one infer request (see the module doc).
+
+    `max_rows` bounds the first dimension of a model whose inputs are batched (maxBatchSize).
+    """
     if header_length is None:
-        header, binary = _load_json(body), memoryview(b"")
+        header = _load_large_json(body) if len(body) > LIFT_JSON_BYTES else _load_json(body)
+        binary = memoryview(b"")
     else:
         if header_length < 0 or header_length > len(body):
             raise bad_request(
@@ -86,14 +235,19 @@ def parse_infer_request(
     if not isinstance(binary_output_default, bool):
         raise bad_request("parameters.binary_data_output must be a boolean")
 
-    inputs = _parse_inputs(header.get("inputs"), binary, signature, allow_non_finite)
+    rows_limit = max_rows if signature.batch_dim_is_dynamic else None
+    inputs = _parse_inputs(header.get("inputs"), binary, signature, allow_non_finite, rows_limit)
     outputs = _parse_outputs(header.get("outputs"), signature, binary_output_default)
     rows, batch_key = _batch_shape(inputs, signature)
     return InferRequest(request_id, inputs, outputs, rows, batch_key)
 
 
 def _parse_inputs(
-    raw_inputs: Any, binary: memoryview, signature: ModelSignature, allow_non_finite: bool
+    raw_inputs: Any,
+    binary: memoryview,
+    signature: ModelSignature,
+    allow_non_finite: bool,
+    max_rows: int | None,
 ) -> dict[str, np.ndarray]:
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise bad_request("'inputs' must be a non-empty list")
@@ -119,9 +273,9 @@ def _parse_inputs(
                 f"input {name!r}: datatype {datatype} does not match the model's {spec.datatype}"
             )
         dtype = spec.dtype
-        if dtype is None:
+        if dtype is None and datatype != "BYTES":
             raise bad_request(f"input {name!r}: datatype {datatype} is not supported")
-        shape = _check_shape(name, raw.get("shape"), spec)
+        shape = _check_shape(name, raw.get("shape"), spec, max_rows)
         params = raw.get("parameters", {})
         if not isinstance(params, dict):
             raise bad_request(f"input {name!r}: 'parameters' must be an object")
@@ -137,12 +291,29 @@ def _parse_inputs(
                     f"input {name!r}: binary_data_size {size} runs past the end of the body "
                     f"({len(binary) - offset} bytes left)"
                 )
-            array = _from_binary(name, spec, dtype, shape, binary[offset : offset + size])
+            blob = binary[offset : offset + size]
             offset += size
-            if not allow_non_finite:
-                _check_finite(name, array)
+            if dtype is None:
+                array = _strings_from_binary(name, shape, blob)
+            else:
+                array = _from_binary(name, spec, dtype, shape, blob)
+                if not allow_non_finite:
+                    _check_finite(name, array)
         elif "data" in raw:
-            array = _from_json(name, spec, dtype, shape, raw["data"])
+            data = raw["data"]
+            lifted = None
+            if isinstance(data, _LiftedArray):
+                if dtype is not None and dtype.kind == "f":
+                    lifted = _floats_from_text(name, spec, dtype, shape, data.text)
+                if lifted is None:
+                    data = _load_json(data.text)
+            if lifted is not None:
+                array = lifted
+            elif dtype is None:
+                array = _strings_from_json(name, shape, data)
+            else:
+                array = _from_json(name, spec, dtype, shape, data)
+            raw["data"] = None  # its Python objects go now, not after every input is parsed
         else:
             raise bad_request(f"input {name!r} has neither 'data' nor binary_data_size")
         parsed[name] = array
@@ -157,15 +328,30 @@ def _parse_inputs(
     return {s.name: parsed[s.name] for s in signature.inputs}
 
 
-def _check_shape(name: str, raw_shape: Any, spec: TensorSpec) -> tuple[int, ...]:
+def _check_shape(
+    name: str, raw_shape: Any, spec: TensorSpec, max_rows: int | None
+) -> tuple[int, ...]:
     if not isinstance(raw_shape, list) or len(raw_shape) > MAX_RANK:
         raise bad_request(f"input {name!r}: 'shape' must be a list of at most {MAX_RANK} ints")
     dims: list[int] = []
+    size = 1  # of the non-zero dimensions
     for dim in raw_shape:
         value = _as_int(dim)
         if value is None or value < 0:
             raise bad_request(f"input {name!r}: shape {raw_shape} must hold non-negative ints")
         dims.append(value)
+        if value:
+            size *= value
+    if size > MAX_DIM:
+        raise bad_request(
+            f"input {name!r}: shape {dims} is too large (each dimension, and the product of "
+            f"the non-zero ones, must be at most {MAX_DIM})"
+        )
+    if max_rows is not None and dims and dims[0] > max_rows:
+        raise bad_request(
+            f"input {name!r}: {dims[0]} rows are more than maxBatchSize={max_rows} allows "
+            "in one request; split it"
+        )
     if spec.shape is not None:
         if len(dims) != len(spec.shape):
             raise bad_request(
@@ -193,6 +379,64 @@ def _from_binary(
     if dtype.kind == "b" and array.size and array.view(np.uint8).max() > 1:
         raise bad_request(f"input {name!r}: BOOL bytes must be 0 or 1")
     return array
+
+
+def _strings(shape: tuple[int, ...], items: list[str]) -> np.ndarray:
+    # ONNX Runtime takes string tensors as numpy arrays of Python str objects.
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array.reshape(shape)
+
+
+def _strings_from_binary(name: str, shape: tuple[int, ...], blob: memoryview) -> np.ndarray:
+    """BYTES elements of the binary extension: each a 4-byte little-endian length, then bytes."""
+    count = math.prod(shape)
+    if count * 4 > len(blob):
+        raise bad_request(
+            f"input {name!r}: binary_data_size {len(blob)} is too small for {count} BYTES "
+            "elements (each needs at least its 4-byte length)"
+        )
+    items: list[str] = []
+    offset = 0
+    for index in range(count):
+        if offset + 4 > len(blob):
+            raise bad_request(f"input {name!r}: BYTES element {index} runs past its data")
+        (length,) = struct.unpack_from("<I", blob, offset)
+        offset += 4
+        if offset + length > len(blob):
+            raise bad_request(f"input {name!r}: BYTES element {index} runs past its data")
+        try:
+            items.append(str(blob[offset : offset + length], "utf-8"))
+        except UnicodeDecodeError:
+            raise bad_request(f"input {name!r}: BYTES element {index} is not UTF-8") from None
+        offset += length
+    if offset != len(blob):
+        raise bad_request(
+            f"input {name!r}: {len(blob) - offset} bytes follow its {count} BYTES elements"
+        )
+    return _strings(shape, items)
+
+
+def _strings_from_json(name: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
+    if not isinstance(data, list):
+        raise bad_request(f"input {name!r}: 'data' must be a (flat or nested) list")
+    items: list[str] = []
+    pending: list[Any] = [data]
+    # Flatten without recursion (a client chooses the depth): strings in row-major order.
+    while pending:
+        value = pending.pop()
+        if isinstance(value, list):
+            pending.extend(reversed(value))
+        elif isinstance(value, str):
+            items.append(value)
+        else:
+            raise bad_request(f"input {name!r}: BYTES data must be strings")
+    count = math.prod(shape)
+    if len(items) != count:
+        raise bad_request(
+            f"input {name!r}: shape {list(shape)} needs {count} values, 'data' has {len(items)}"
+        )
+    return _strings(shape, items)
 
 
 def _check_finite(name: str, array: np.ndarray) -> None:

@@ -18,6 +18,7 @@ import socket
 from collections.abc import Generator
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from modelyard_server.app import InferenceApp, ServingState
 from modelyard_server.batcher import Batcher
@@ -49,6 +50,92 @@ class _UvicornServer(uvicorn.Server):
             self.should_exit = True
 
 
+_TIMEOUT_BODY = (
+    b'{"error":"the request was not sent in time (headerTimeoutSeconds, bodyTimeoutSeconds)"}'
+)
+_REQUEST_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    b"content-length: %d\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
+)
+
+
+class _TimeoutProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol, closing connections that send a request too slowly.
+
+    uvicorn bounds only the idle time between requests; a client that trickles a request's
+    headers or body (or connects and sends nothing) would hold its connection, and a share
+    of maxInflightBytes, forever. A timer runs only while a read leaves a request unfinished:
+    a request that arrives whole in one read, the usual case, costs no timer at all.
+    """
+
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    _timer: asyncio.TimerHandle | None = None
+    _reading: str | None = None  # "headers", "body", or None between requests
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._reading = "headers"
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._reading is None or self.transport.is_closing():
+            self._disarm()
+        elif self._timer is None:
+            self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._reading = "headers"
+
+    def on_headers_complete(self) -> None:
+        # The body's time starts now (the timer is armed after this read if it is not whole).
+        self._disarm()
+        self._reading = "body"
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._reading = None
+        self._disarm()
+        super().on_message_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        timeout = self.header_timeout if self._reading == "headers" else self.body_timeout
+        self._timer = self.loop.call_later(timeout, self._expired)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is None or not cycle.response_started:
+            # Tell a client that is still listening; the app, if it waits for this body,
+            # sees the client gone and answers nothing.
+            self.transport.write(_REQUEST_TIMEOUT)
+        self.transport.close()
+
+
+def _protocol(settings: ServerSettings) -> type[HttpToolsProtocol]:
+    return type(
+        "HttpProtocol",
+        (_TimeoutProtocol,),
+        {
+            "header_timeout": settings.header_timeout_seconds,
+            "body_timeout": settings.body_timeout_seconds,
+        },
+    )
+
+
 class Lifecycle:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
@@ -59,7 +146,7 @@ class Lifecycle:
             self.app,
             host=settings.host,
             port=settings.port,
-            http="httptools",
+            http=_protocol(settings),
             loop="none",
             lifespan="off",
             access_log=False,
@@ -94,6 +181,7 @@ class Lifecycle:
                 await loading
             if self.state.batcher is not None:
                 await self.state.batcher.stop()
+            self.app.close()
         return self.exit_code
 
     async def _load(self) -> None:
@@ -115,6 +203,7 @@ class Lifecycle:
         batcher.start()
         self.state.model, self.state.batcher = model, batcher
         self.metrics.load_seconds.set(model.load_seconds)
+        self.metrics.dynamic_batching.set(1 if model.batchable else 0)
         if self.state.shutting_down:
             return
         self.metrics.ready.set(1)

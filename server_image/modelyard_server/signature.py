@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -86,6 +86,12 @@ def dims_of(onnx_shape: object) -> tuple[int, ...] | None:
 class ModelSignature:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    # Computed once: every request asks.
+    _batched: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        batched = all(spec.shape and spec.shape[0] == -1 for spec in self.inputs)
+        object.__setattr__(self, "_batched", batched)
 
     def input(self, name: str) -> TensorSpec | None:
         for spec in self.inputs:
@@ -100,4 +106,4 @@ class ModelSignature:
     @property
     def batch_dim_is_dynamic(self) -> bool:
         """Every input has a dynamic first dimension: the precondition for batching."""
-        return all(spec.shape and spec.shape[0] == -1 for spec in self.inputs)
+        return self._batched

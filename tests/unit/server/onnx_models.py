@@ -12,7 +12,16 @@ from onnx import TensorProto, helper, numpy_helper
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench" / "server"))
 from onnx_mlp import mlp, save
 
-__all__ = ["ALL_TYPES", "all_types", "lookup_table", "mlp", "save", "slow_identity"]
+__all__ = [
+    "ALL_TYPES",
+    "all_types",
+    "centered",
+    "lookup_table",
+    "mlp",
+    "row_sums",
+    "save",
+    "slow_identity",
+]
 
 # OIP datatype -> (ONNX element type, numpy dtype)
 ALL_TYPES: dict[str, tuple[int, np.dtype]] = {
@@ -99,6 +108,58 @@ def lookup_table(rows: int = 10, width: int = 3, busy: int = 32) -> onnx.ModelPr
             numpy_helper.from_array(table, "table"),
             numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
             numpy_helper.from_array(np.ones((1, 512), dtype=np.float32), "ones"),
+            numpy_helper.from_array(np.eye(512, dtype=np.float32), "eye"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def row_sums(width: int | str) -> onnx.ModelProto:
+    """y[b] = sum(x[b, :]) for x of shape [batch, width]: wide requests, small answers.
+
+    A str width is a dynamic (named) second dimension.
+    """
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["input", "axis1"], ["output"], keepdims=0)],
+        "row_sums",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch"])],
+        [numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def centered(width: int = 3, busy: int = 32) -> onnx.ModelProto:
+    """output = x - mean(x, axis=0): each row depends on the others of its batch.
+
+    Not row-independent, so batching requests of different clients would mix them. `busy`
+    (as in lookup_table) makes a large request last long enough for others to queue.
+    """
+    nodes = [
+        helper.make_node("ReduceMean", ["input"], ["mean"], axes=[0], keepdims=1),
+        helper.make_node("Sub", ["input", "mean"], ["output"]),
+        helper.make_node("MatMul", ["input", "ones"], ["b0"]),
+    ]
+    for i in range(busy):
+        nodes.append(helper.make_node("MatMul", [f"b{i}", "eye"], [f"b{i + 1}"]))
+    nodes.append(helper.make_node("ReduceSum", [f"b{busy}", "axis1"], ["busy"], keepdims=0))
+    graph = helper.make_graph(
+        nodes,
+        "centered",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width])],
+        [
+            helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", width]),
+            helper.make_tensor_value_info("busy", TensorProto.FLOAT, ["batch"]),
+        ],
+        [
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+            numpy_helper.from_array(np.ones((width, 512), dtype=np.float32), "ones"),
             numpy_helper.from_array(np.eye(512, dtype=np.float32), "eye"),
         ],
     )

@@ -5,10 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from modelyard_server.config import ServerConfig, ServerSettings, SettingsError
+from modelyard_server.config import (
+    ServerConfig,
+    ServerSettings,
+    SettingsError,
+    default_max_inflight_bytes,
+)
 from modelyard_server.contracts import (
     TERMINATION_MESSAGE_MAX_BYTES,
     LoadFailure,
@@ -123,3 +129,40 @@ def test_shutdown_delay_must_fit_in_the_grace_period() -> None:
         ServerConfig.model_validate({"shutdownDelaySeconds": 5, "shutdownGraceSeconds": 5})
     with pytest.raises(SettingsError, match="shutdownDelaySeconds must be less than"):
         ServerSettings.from_env({"MODELYARD_SERVER_SHUTDOWN_GRACE_SECONDS": "1"})
+
+
+@pytest.mark.parametrize(
+    ("v2", "v1", "expected"),
+    [
+        ("1073741824\n", None, 128 * 1024 * 1024),  # cgroup v2, 1 GiB
+        ("max\n", None, 256 * 1024 * 1024),  # v2 without a limit
+        (None, "2147483648\n", 256 * 1024 * 1024),  # cgroup v1, 2 GiB
+        (None, "9223372036854771712\n", 256 * 1024 * 1024),  # v1 without a limit
+        (None, None, 256 * 1024 * 1024),  # no cgroup files
+        ("4194304\n", None, 1024 * 1024),  # a tiny limit: never under 1 MiB
+    ],
+)
+def test_inflight_bound_follows_the_container_memory_limit(
+    tmp_path: Path, v2: str | None, v1: str | None, expected: int
+) -> None:
+    files = (str(tmp_path / "memory.max"), str(tmp_path / "memory.limit_in_bytes"))
+    for path, text in zip(files, (v2, v1), strict=True):
+        if text is not None:
+            Path(path).write_text(text)
+    assert default_max_inflight_bytes(files) == expected
+
+
+def test_admission_settings_come_from_the_environment() -> None:
+    settings = ServerSettings.from_env(
+        {
+            "MODELYARD_SERVER_MAX_INFLIGHT_BYTES": str(64 * 1024 * 1024),
+            "MODELYARD_SERVER_MAX_CONCURRENT_UPLOADS": "4",
+            "MODELYARD_SERVER_HEADER_TIMEOUT_SECONDS": "2.5",
+            "MODELYARD_SERVER_BODY_TIMEOUT_SECONDS": "3",
+        }
+    )
+    assert settings.max_inflight_bytes == 64 * 1024 * 1024
+    assert settings.max_concurrent_uploads == 4
+    assert (settings.header_timeout_seconds, settings.body_timeout_seconds) == (2.5, 3.0)
+    with pytest.raises(SettingsError, match="MODELYARD_SERVER_MAX_INFLIGHT_BYTES"):
+        ServerSettings.from_env({"MODELYARD_SERVER_MAX_INFLIGHT_BYTES": "10"})
