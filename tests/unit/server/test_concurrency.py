@@ -175,6 +175,10 @@ def test_one_bad_request_among_16_coalesced_costs_few_extra_runs(
     runs = server.metric(contracts.METRIC_INFERENCE_DURATION + "_count") - runs_before
     batches = server.metric(contracts.METRIC_BATCH_SIZE + "_count")
     print(f"{runs:.0f} ONNX Runtime runs, {batches:.0f} of them successful")
-    # The blocker, the failed batch of 16, then halves down to the bad one: 1 + 1 + 2 * 4.
-    # Running each of the 16 alone after the failure took 18.
-    assert runs <= 10, runs
+    # Halving a failed batch down to its bad request fails at most 1 + log2(16) runs, and
+    # the good halves run once each: with the blocker and one batch of 16, 1 + 1 + 2 * 4 = 10.
+    # Running each of the 16 alone after the failure took 18, 16 of them successful. How the
+    # 16 fall into batches depends on the machine's load, so count failures and successes.
+    failed = runs - batches
+    assert failed <= 5, (runs, batches)
+    assert batches < 16, (runs, batches)
