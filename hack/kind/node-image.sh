@@ -6,7 +6,8 @@
 # Usage: hack/kind/node-image.sh BASE_IMAGE K8S_BIN_DIR PAUSE_BINARY NODE_IMAGE
 #   K8S_BIN_DIR: kubeadm kubelet kubectl kube-apiserver kube-controller-manager
 #   kube-scheduler kube-proxy etcd (hack/k8s-binaries.sh + kubeadm)
-# Environment: COREDNS (a CoreDNS binary, hack/kind/coredns/main.go), DOCKER (docker CLI;
+# Environment: COREDNS (a CoreDNS binary, hack/kind/coredns/main.go), LOCAL_PATH (a
+#   local-path-provisioner binary: default StorageClass; without it a StorageClass alone), DOCKER (docker CLI;
 #   DOCKER_HOST picks the engine), WORK (scratch dir).
 set -euo pipefail
 base="$1" bin="$2" pause="$3" image="$4"
@@ -54,17 +55,22 @@ if [[ -n "${COREDNS:-}" ]]; then
   "$docker" build -q -t "$coredns_image" "$work/coredns" >/dev/null
   images+=("$coredns_image")
 fi
-log "saving ${images[*]}"
-"$docker" save -o "$work/images.tar" "${images[@]}"
-
-log "build container from $base"
-id="$("$docker" run -d --entrypoint=sleep --security-opt seccomp=unconfined "$base" infinity)"
-trap '"$docker" rm -f -v "$id" >/dev/null' EXIT
-for b in kubeadm kubelet kubectl; do "$docker" cp -L "$bin/$b" "$id:/usr/bin/$b"; done
-"$docker" exec "$id" chown root:root /usr/bin/kubeadm /usr/bin/kubelet /usr/bin/kubectl
-"$docker" exec -i "$id" sh -c 'mkdir -p /kind/manifests && cat >/kind/version' <<<"$version"
-# No storage provisioner image yet: a StorageClass alone (kind applies this file).
-"$docker" exec -i "$id" sh -c 'cat >/kind/manifests/default-storage.yaml' <<'YAML'
+if [[ -n "${LOCAL_PATH:-}" ]]; then
+  mkdir -p "$work/local-path"
+  cp "$LOCAL_PATH" "$work/local-path/local-path-provisioner"
+  printf 'FROM scratch\nCOPY local-path-provisioner /usr/local/bin/local-path-provisioner\nENV PATH=/usr/local/bin\n' \
+    >"$work/local-path/Dockerfile"
+  provisioner_image=modelyard.local/local-path-provisioner:local
+  "$docker" build -q -t "$provisioner_image" "$work/local-path" >/dev/null
+  # The helper pods run `sh` scripts (mkdir, rm): the node's base has them, and its layer is
+  # already in the node's containerd as kube-proxy's base, so it costs no space.
+  helper_image=modelyard.local/kind-helper:local
+  "$docker" tag "$base" "$helper_image"
+  images+=("$provisioner_image" "$helper_image")
+  sed -e "s|@PROVISIONER_IMAGE@|$provisioner_image|; s|@HELPER_IMAGE@|$helper_image|g" \
+    "$(dirname "${BASH_SOURCE[0]}")/local-path.yaml" >"$work/default-storage.yaml"
+else
+  cat >"$work/default-storage.yaml" <<'YAML'
 apiVersion: storage.k8s.io/v1
 kind: StorageClass
 metadata:
@@ -75,6 +81,17 @@ provisioner: rancher.io/local-path
 volumeBindingMode: WaitForFirstConsumer
 reclaimPolicy: Delete
 YAML
+fi
+log "saving ${images[*]}"
+"$docker" save -o "$work/images.tar" "${images[@]}"
+
+log "build container from $base"
+id="$("$docker" run -d --entrypoint=sleep --security-opt seccomp=unconfined "$base" infinity)"
+trap '"$docker" rm -f -v "$id" >/dev/null' EXIT
+for b in kubeadm kubelet kubectl; do "$docker" cp -L "$bin/$b" "$id:/usr/bin/$b"; done
+"$docker" exec "$id" chown root:root /usr/bin/kubeadm /usr/bin/kubelet /usr/bin/kubectl
+"$docker" exec -i "$id" sh -c 'mkdir -p /kind/manifests && cat >/kind/version' <<<"$version"
+"$docker" exec -i "$id" sh -c 'cat >/kind/manifests/default-storage.yaml' <"$work/default-storage.yaml"
 "$docker" exec "$id" bash -c 'nohup containerd >/tmp/containerd.log 2>&1 &
   for i in $(seq 50); do [ -S /run/containerd/containerd.sock ] && ctr version >/dev/null 2>&1 && break; sleep 0.2; done'
 "$docker" exec -i "$id" ctr --namespace=k8s.io images import --label=io.cri-containerd.pinned=pinned \

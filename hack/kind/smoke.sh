@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks a kind cluster made by hack/kind: every node Ready, one pod on each of two workers,
 # each reaching the other's pod IP, a ClusterIP Service by name (CoreDNS + kube-proxy) across
-# nodes. Prints where each pod ran. Uses the kube-proxy image (it has socat), already on nodes.
+# nodes, and a claim of the default StorageClass (local-path) bound and written on a worker.
+# Prints where each pod ran. Uses the kube-proxy image (it has socat), already on nodes.
 #
 # Usage: hack/kind/smoke.sh KUBECTL   (KUBECONFIG names the cluster)
 set -euo pipefail
@@ -54,3 +55,32 @@ ask p0 "$ip1" "p1's pod IP"
 ask p1 "$ip0" "p0's pod IP"
 ask p0 "s1.$ns.svc.cluster.local" "Service s1 by name"
 ask p1 s0 "Service s0 by name"
+
+# Storage: a claim of the default class, bound when its pod lands on the second worker.
+k -n "$ns" apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data}
+spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Mi}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: writer}
+spec:
+  # through the scheduler (not nodeName): it picks the node of a WaitForFirstConsumer claim
+  nodeSelector: {kubernetes.io/hostname: ${workers[1]}}
+  restartPolicy: Never
+  containers:
+    - name: w
+      image: $image
+      imagePullPolicy: Never
+      command: [sh, -c, "echo written-on-${workers[1]} >/data/f && cat /data/f"]
+      volumeMounts: [{name: data, mountPath: /data}]
+  volumes: [{name: data, persistentVolumeClaim: {claimName: data}}]
+YAML
+k -n "$ns" wait --for=jsonpath='{.status.phase}'=Succeeded pod/writer --timeout=120s >/dev/null || {
+  echo "FAIL: the writer pod with a local-path claim did not succeed" >&2
+  k -n "$ns" describe pod writer | tail -n 15 >&2
+  exit 1
+}
+echo "claim data: $(k -n "$ns" get pvc data -o jsonpath='{.status.phase} {.spec.volumeName}'), writer on ${workers[1]}: $(k -n "$ns" logs writer)"
