@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What `kind build node-image` does, offline: our Kubernetes binaries into kind's base image,
 # and the images kubeadm runs (made here from the same binaries, no registry) imported into
-# the node's containerd, pinned.
+# the node's containerd, pinned; hack/kind/cni.yaml as kind's default CNI manifest.
 #
 # Usage: hack/kind/node-image.sh BASE_IMAGE K8S_BIN_DIR PAUSE_BINARY NODE_IMAGE
 #   K8S_BIN_DIR: kubeadm kubelet kubectl kube-apiserver kube-controller-manager
@@ -55,6 +55,12 @@ if [[ -n "${COREDNS:-}" ]]; then
   "$docker" build -q -t "$coredns_image" "$work/coredns" >/dev/null
   images+=("$coredns_image")
 fi
+# The node base as a pod image (bash, curl, jq, iproute2): the CNI DaemonSet and local-path's
+# helper pods run it. Its layer is in the node's containerd anyway (kube-proxy's base).
+helper_image=modelyard.local/kind-helper:local
+"$docker" tag "$base" "$helper_image"
+images+=("$helper_image")
+sed "s|@HELPER_IMAGE@|$helper_image|g" "$(dirname "${BASH_SOURCE[0]}")/cni.yaml" >"$work/default-cni.yaml"
 if [[ -n "${LOCAL_PATH:-}" ]]; then
   mkdir -p "$work/local-path"
   cp "$LOCAL_PATH" "$work/local-path/local-path-provisioner"
@@ -62,11 +68,7 @@ if [[ -n "${LOCAL_PATH:-}" ]]; then
     >"$work/local-path/Dockerfile"
   provisioner_image=modelyard.local/local-path-provisioner:local
   "$docker" build -q -t "$provisioner_image" "$work/local-path" >/dev/null
-  # The helper pods run `sh` scripts (mkdir, rm): the node's base has them, and its layer is
-  # already in the node's containerd as kube-proxy's base, so it costs no space.
-  helper_image=modelyard.local/kind-helper:local
-  "$docker" tag "$base" "$helper_image"
-  images+=("$provisioner_image" "$helper_image")
+  images+=("$provisioner_image")
   sed -e "s|@PROVISIONER_IMAGE@|$provisioner_image|; s|@HELPER_IMAGE@|$helper_image|g" \
     "$(dirname "${BASH_SOURCE[0]}")/local-path.yaml" >"$work/default-storage.yaml"
 else
@@ -92,6 +94,7 @@ for b in kubeadm kubelet kubectl; do "$docker" cp -L "$bin/$b" "$id:/usr/bin/$b"
 "$docker" exec "$id" chown root:root /usr/bin/kubeadm /usr/bin/kubelet /usr/bin/kubectl
 "$docker" exec -i "$id" sh -c 'mkdir -p /kind/manifests && cat >/kind/version' <<<"$version"
 "$docker" exec -i "$id" sh -c 'cat >/kind/manifests/default-storage.yaml' <"$work/default-storage.yaml"
+"$docker" exec -i "$id" sh -c 'cat >/kind/manifests/default-cni.yaml' <"$work/default-cni.yaml"
 "$docker" exec "$id" bash -c 'nohup containerd >/tmp/containerd.log 2>&1 &
   for i in $(seq 50); do [ -S /run/containerd/containerd.sock ] && ctr version >/dev/null 2>&1 && break; sleep 0.2; done'
 "$docker" exec -i "$id" ctr --namespace=k8s.io images import --label=io.cri-containerd.pinned=pinned \
