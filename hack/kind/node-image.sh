@@ -95,6 +95,7 @@ for b in kubeadm kubelet kubectl; do "$docker" cp -L "$bin/$b" "$id:/usr/bin/$b"
 "$docker" exec -i "$id" sh -c 'mkdir -p /kind/manifests && cat >/kind/version' <<<"$version"
 "$docker" exec -i "$id" sh -c 'cat >/kind/manifests/default-storage.yaml' <"$work/default-storage.yaml"
 "$docker" exec -i "$id" sh -c 'cat >/kind/manifests/default-cni.yaml' <"$work/default-cni.yaml"
+# shellcheck disable=SC2016  # the loop runs in the node's shell, not here
 "$docker" exec "$id" bash -c 'nohup containerd >/tmp/containerd.log 2>&1 &
   for i in $(seq 50); do [ -S /run/containerd/containerd.sock ] && ctr version >/dev/null 2>&1 && break; sleep 0.2; done'
 "$docker" exec -i "$id" ctr --namespace=k8s.io images import --label=io.cri-containerd.pinned=pinned \
