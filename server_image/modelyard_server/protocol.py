@@ -254,27 +254,7 @@ def _parse_inputs(
     parsed: dict[str, np.ndarray] = {}
     offset = 0
     for index, raw in enumerate(raw_inputs):
-        if not isinstance(raw, dict):
-            raise bad_request(f"inputs[{index}] must be an object")
-        name = raw.get("name")
-        if not isinstance(name, str):
-            raise bad_request(f"inputs[{index}].name must be a string")
-        spec = signature.input(name)
-        if spec is None:
-            expected = ", ".join(repr(s.name) for s in signature.inputs)
-            raise bad_request(f"unknown input {name!r}; the model's inputs are {expected}")
-        if name in parsed:
-            raise bad_request(f"input {name!r} is given twice")
-        datatype = raw.get("datatype")
-        if not isinstance(datatype, str) or datatype not in ALL_DATATYPES:
-            raise bad_request(f"input {name!r}: unknown datatype {datatype!r}")
-        if datatype != spec.datatype:
-            raise bad_request(
-                f"input {name!r}: datatype {datatype} does not match the model's {spec.datatype}"
-            )
-        dtype = spec.dtype
-        if dtype is None and datatype != "BYTES":
-            raise bad_request(f"input {name!r}: datatype {datatype} is not supported")
+        name, spec, dtype = _input_header(index, raw, signature, parsed)
         shape = _check_shape(name, raw.get("shape"), spec, max_rows)
         params = raw.get("parameters", {})
         if not isinstance(params, dict):
@@ -283,14 +263,7 @@ def _parse_inputs(
         if size_field is not None:
             if "data" in raw:
                 raise bad_request(f"input {name!r} has both 'data' and binary_data_size")
-            size = _as_int(size_field)
-            if size is None or size < 0:
-                raise bad_request(f"input {name!r}: binary_data_size must be a non-negative int")
-            if offset + size > len(binary):
-                raise bad_request(
-                    f"input {name!r}: binary_data_size {size} runs past the end of the body "
-                    f"({len(binary) - offset} bytes left)"
-                )
+            size = _binary_size(name, size_field, len(binary) - offset)
             blob = binary[offset : offset + size]
             offset += size
             if dtype is None:
@@ -300,19 +273,7 @@ def _parse_inputs(
                 if not allow_non_finite:
                     _check_finite(name, array)
         elif "data" in raw:
-            data = raw["data"]
-            lifted = None
-            if isinstance(data, _LiftedArray):
-                if dtype is not None and dtype.kind == "f":
-                    lifted = _floats_from_text(name, spec, dtype, shape, data.text)
-                if lifted is None:
-                    data = _load_json(data.text)
-            if lifted is not None:
-                array = lifted
-            elif dtype is None:
-                array = _strings_from_json(name, shape, data)
-            else:
-                array = _from_json(name, spec, dtype, shape, data)
+            array = _json_input(name, spec, dtype, shape, raw["data"])
             raw["data"] = None  # its Python objects go now, not after every input is parsed
         else:
             raise bad_request(f"input {name!r} has neither 'data' nor binary_data_size")
@@ -326,6 +287,59 @@ def _parse_inputs(
         raise bad_request(f"missing input(s): {', '.join(map(repr, missing))}")
     # ONNX Runtime takes a dict; keep the model's order for a stable batch key.
     return {s.name: parsed[s.name] for s in signature.inputs}
+
+
+def _input_header(
+    index: int, raw: Any, signature: ModelSignature, parsed: dict[str, np.ndarray]
+) -> tuple[str, TensorSpec, np.dtype[Any] | None]:
+    """The name, the model's spec and the numpy dtype (None for BYTES) of inputs[index]."""
+    if not isinstance(raw, dict):
+        raise bad_request(f"inputs[{index}] must be an object")
+    name = raw.get("name")
+    if not isinstance(name, str):
+        raise bad_request(f"inputs[{index}].name must be a string")
+    spec = signature.input(name)
+    if spec is None:
+        expected = ", ".join(repr(s.name) for s in signature.inputs)
+        raise bad_request(f"unknown input {name!r}; the model's inputs are {expected}")
+    if name in parsed:
+        raise bad_request(f"input {name!r} is given twice")
+    datatype = raw.get("datatype")
+    if not isinstance(datatype, str) or datatype not in ALL_DATATYPES:
+        raise bad_request(f"input {name!r}: unknown datatype {datatype!r}")
+    if datatype != spec.datatype:
+        raise bad_request(
+            f"input {name!r}: datatype {datatype} does not match the model's {spec.datatype}"
+        )
+    if spec.dtype is None and datatype != "BYTES":
+        raise bad_request(f"input {name!r}: datatype {datatype} is not supported")
+    return name, spec, spec.dtype
+
+
+def _binary_size(name: str, size_field: Any, left: int) -> int:
+    size = _as_int(size_field)
+    if size is None or size < 0:
+        raise bad_request(f"input {name!r}: binary_data_size must be a non-negative int")
+    if size > left:
+        raise bad_request(
+            f"input {name!r}: binary_data_size {size} runs past the end of the body "
+            f"({left} bytes left)"
+        )
+    return size
+
+
+def _json_input(
+    name: str, spec: TensorSpec, dtype: np.dtype[Any] | None, shape: tuple[int, ...], data: Any
+) -> np.ndarray:
+    if isinstance(data, _LiftedArray):
+        if dtype is not None and dtype.kind == "f":
+            lifted = _floats_from_text(name, spec, dtype, shape, data.text)
+            if lifted is not None:
+                return lifted
+        data = _load_json(data.text)
+    if dtype is None:
+        return _strings_from_json(name, shape, data)
+    return _from_json(name, spec, dtype, shape, data)
 
 
 def _check_shape(
