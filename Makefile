@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 
 .PHONY: install lint shellcheck typecheck test test-unit test-integration crds demo demo-local \
 	kind-demo cluster-up cluster-down k8s-binaries bench-server bench-trainer bench-operator-scale \
-	bench-operator-churn bench-operator-watch-cost images \
+	bench-operator-churn bench-operator-watch-cost images prometheus \
 	deploy-manifests node-binaries node-up node-down host-packages real-cluster-up \
 	real-cluster-down test-e2e s3-server clean
 
@@ -77,10 +77,13 @@ test-e2e: install real-cluster-up  ## tests with real pods on the real cluster
 s3-server:  ## the S3-compatible server of the storage tests (versitygw), built into the cache
 	hack/s3-server.sh
 
+prometheus:  ## Prometheus and promtool of the monitoring tests, built into the cache
+	hack/prometheus.sh
+
 test-unit: install  ## tests that need no cluster and no Go-built tool
 	$(PY) -m pytest -m "not cluster and not node and not chart" $(PYTEST_ARGS)
 
-test-integration: install k8s-binaries s3-server  ## unit, chart, kwok control plane, S3; no real pods
+test-integration: install k8s-binaries s3-server prometheus  ## unit, chart, monitoring, kwok control plane, S3; no real pods
 	$(PY) -m pytest -m "not chaos and not node" $(PYTEST_ARGS)
 
 # The chaos tests restart an API server, so they get a control plane of their own.
