@@ -16,6 +16,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
+# One definition of each, in the storage package (stdlib only, like this module); named here
+# too because the operator reads the trainer's environment contract from this module.
+from modelyard_storage.uri import DEFAULT_PVC_MOUNT_ROOT as DEFAULT_PVC_MOUNT_ROOT
+from modelyard_storage.uri import ENV_PVC_MOUNT_ROOT as ENV_PVC_MOUNT_ROOT
+from modelyard_storage.uri import join_uri as join_uri
+
 
 class ExitCode(IntEnum):
     """Exit codes of the trainer. The permanent ones say that a retry cannot help."""
@@ -47,13 +53,10 @@ ENV_PROGRESS_CONFIGMAP = "MODELYARD_PROGRESS_CONFIGMAP"
 ENV_TERMINATION_LOG = "MODELYARD_TERMINATION_LOG"
 # Seconds a collective may wait for a peer before the worker gives up (lost peer).
 ENV_PEER_TIMEOUT_SECONDS = "MODELYARD_PEER_TIMEOUT_SECONDS"
-# Where the operator mounts claims named by pvc:// data URIs: <root>/<claim>/<path>.
-ENV_PVC_MOUNT_ROOT = "MODELYARD_PVC_MOUNT_ROOT"
 
 LOCAL_NAMESPACE = "local"
 LOCAL_UID = "local"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
-DEFAULT_PVC_MOUNT_ROOT = "/mnt/pvc"
 DEFAULT_PEER_TIMEOUT_SECONDS = 300
 
 # Data key of the progress ConfigMap that holds one ProgressRecord as JSON.
@@ -84,11 +87,6 @@ def artifact_relpath(namespace: str, name: str, uid: str, generation: int) -> st
     if generation < 1:
         raise ValueError(f"generation must be >= 1, got {generation}")
     return f"{namespace}/{name}/{uid}/g{generation}"
-
-
-def join_uri(base: str, relpath: str) -> str:
-    """Append a relative path to a storage URI or local directory."""
-    return f"{base.rstrip('/')}/{relpath.lstrip('/')}"
 
 
 class _Model(BaseModel):

@@ -13,15 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from .contracts import DEFAULT_PEER_TIMEOUT_SECONDS, ENV_PEER_TIMEOUT_SECONDS
 from .errors import InvalidConfig
-
-T = TypeVar("T")
 
 _PEER_ERROR_HINTS = (
     "connection closed by peer",
@@ -123,13 +120,41 @@ def teardown(context: DistContext) -> None:
         dist.destroy_process_group()
 
 
-def broadcast_object(context: DistContext, value: T) -> T:
-    """Rank 0's value on every rank (rank 0 may be the only one that sees the output volume)."""
+# Ranks exchange tensors only, never pickles (broadcast_object_list and its kin unpickle
+# whatever a peer sends, which would let anything that reaches the collective port run code).
+
+
+def broadcast_flag(context: DistContext, flag: bool) -> bool:
+    """Rank 0's flag on every rank."""
     if not context.distributed:
-        return value
-    holder: list[Any] = [value if context.is_main else None]
-    dist.broadcast_object_list(holder, src=0, device=context.device)
-    return holder[0]
+        return flag
+    value = torch.tensor([int(flag)], dtype=torch.int64, device=context.device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())
+
+
+def broadcast_bytes(context: DistContext, data: bytes | None) -> bytes | None:
+    """Rank 0's bytes (or None) on every rank: the length first, then the bytes as uint8."""
+    if not context.distributed:
+        return data
+    length = torch.tensor(
+        [-1 if data is None or not context.is_main else len(data)],
+        dtype=torch.int64,
+        device=context.device,
+    )
+    dist.broadcast(length, src=0)
+    size = int(length.item())
+    if size < 0:
+        return None
+    if size == 0:
+        return b""
+    if context.is_main:
+        assert data is not None
+        payload = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(context.device)
+    else:
+        payload = torch.empty(size, dtype=torch.uint8, device=context.device)
+    dist.broadcast(payload, src=0)
+    return bytes(payload.cpu().numpy())
 
 
 def all_reduce_sum(context: DistContext, tensor: torch.Tensor) -> torch.Tensor:

@@ -45,9 +45,9 @@ def test_bad_uris_name_the_field(uri: str, words: str) -> None:
 
 
 def test_join_and_str() -> None:
-    base = S3Uri("models", "runs/")
-    assert str(base.join("ns", "/name/", "g1")) == "s3://models/runs/ns/name/g1"
+    assert join_uri("s3://models/runs/", "ns", "/name/", "g1") == "s3://models/runs/ns/name/g1"
     assert join_uri("s3://models/runs/", "/a/b") == "s3://models/runs/a/b"
+    assert str(S3Uri("models", "runs")) == "s3://models/runs"
     assert str(PvcUri("claim", "")) == "pvc://claim"
 
 

@@ -29,7 +29,7 @@ from modelyard_trainer.contracts import (
     TrainingFailure,
     TrainingResult,
 )
-from modelyard_trainer.files import sha256_of
+from modelyard_storage.digest import sha256_of
 
 from .support import (
     Run,
