@@ -17,6 +17,7 @@ training loop, its per-epoch bookkeeping and final checkpoint included). Each si
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -169,6 +170,15 @@ def textbook_worker(config_path: str) -> None:
     elapsed = time.perf_counter() - started
     cpu = time.process_time() - cpu_started
     if world_size > 1:
+        # The DDP wrapper's Reducer holds the process group: destroyed while it lives, the
+        # group's gloo threads survive until interpreter exit, where C++ destroys them still
+        # joinable: "terminate called without an active exception", SIGABRT in one rank (2 of
+        # 3 runs failed so). Meet at a barrier (no rank closes its connections while a peer
+        # still has a collective in flight), drop the wrapper (and the cycles that keep it),
+        # then destroy the group for real. modelyard_trainer.distributed.teardown does the same.
+        dist.barrier()
+        del model, optimizer, scaler
+        gc.collect()
         dist.destroy_process_group()
     if rank == 0:
         trained = rows * config.training.epochs

@@ -7,13 +7,14 @@ metadata.json) without importing torch, so this module imports only pydantic and
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
 from enum import IntEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 # One definition of each, in the storage package (stdlib only, like this module); named here
@@ -162,6 +163,25 @@ class ProgressRecord(_Model):
     )
     world_size: int = Field(default=1, ge=1, description="Number of training processes.")
     updated_at: str = Field(default="", description="RFC 3339 time of this record.")
+
+    # JSON has no NaN or Infinity (a diverging loss gives both): such a number is unknown,
+    # so it is null, and a validation metric without a value is left out. Applied on reading
+    # too, so that a record that a pod wrote with NaN tokens still parses.
+    @field_validator("loss", "samples_per_second", "eta_seconds", mode="before")
+    @classmethod
+    def _finite_or_none(cls, value: Any) -> Any:
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+
+    @field_validator("validation", mode="before")
+    @classmethod
+    def _finite_metrics(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        return {
+            name: metric
+            for name, metric in value.items()
+            if not (metric is None or (isinstance(metric, float) and not math.isfinite(metric)))
+        }
 
 
 # --- Termination message ---------------------------------------------------------------------

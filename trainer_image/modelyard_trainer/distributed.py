@@ -7,6 +7,7 @@ operator can start a new attempt instead of paying for idle GPUs.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 from collections.abc import Mapping
@@ -115,9 +116,25 @@ def setup(environ: Mapping[str, str] = os.environ) -> DistContext:
     return DistContext(rank, world_size, local_rank, device, backend)
 
 
-def teardown(context: DistContext) -> None:
-    if context.distributed and dist.is_initialized():
-        dist.destroy_process_group()
+def teardown(context: DistContext, clean: bool = False) -> None:
+    """Leave the process group so that this process exits with its own code, never SIGABRT.
+
+    A DistributedDataParallel wrapper (its Reducer) holds a reference to the group, and
+    destroy_process_group cannot destroy a group that is still referenced: its gloo threads
+    then live on until the interpreter exits, and C++ destroys them there while they are
+    still joinable, which is std::terminate ("terminate called without an active
+    exception", SIGABRT) whenever a peer still holds its end of the connection. So the
+    wrappers must be gone first: the caller drops its own, and the collection here frees
+    those that only reference cycles keep. On a clean end every rank first meets the others
+    at a barrier, so that no rank closes its connections while a peer still has a collective
+    in flight; after a failure a peer may never arrive, so there is no barrier then.
+    """
+    if not (context.distributed and dist.is_initialized()):
+        return
+    if clean:
+        dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 # Ranks exchange tensors only, never pickles (broadcast_object_list and its kin unpickle
