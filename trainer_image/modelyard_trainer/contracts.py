@@ -212,7 +212,13 @@ class TrainingResult(_Model):
 
     kind: Literal["result"] = Field(default="result", description="Discriminator.")
     artifact_uri: str = Field(default="", description="URI of the run's artifact directory.")
-    model_file: str = Field(default=MODEL_FILE, description="The file to serve, in that dir.")
+    model_file: str = Field(
+        default=MODEL_FILE,
+        max_length=255,
+        # A plain file name: the operator joins it to artifact_uri, so it must not climb.
+        pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*$",
+        description="The file to serve, in that dir.",
+    )
     sha256: str = Field(default="", description="sha256 of the served file (hex).")
     size_bytes: int = Field(default=0, ge=0, description="Size of the served file.")
     metrics: dict[str, float] = Field(

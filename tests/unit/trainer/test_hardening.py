@@ -20,7 +20,11 @@ from typing import Any
 import pytest
 
 from modelyard_trainer.__main__ import output_directory
-from modelyard_trainer.contracts import ProgressRecord, TrainingFailure
+from modelyard_trainer.contracts import (
+    ProgressRecord,
+    TrainingFailure,
+    parse_termination_message,
+)
 from modelyard_trainer.errors import InvalidConfig
 from modelyard_trainer.report import LocalSink, ProgressReporter
 
@@ -202,3 +206,11 @@ def test_rank_zero_broadcasts_tensors_to_its_peer(tmp_path: Path) -> None:
         "expected_sha256": seen[0]["expected_sha256"],
         "size": 3 << 20,
     }
+
+
+def test_a_result_whose_model_file_climbs_is_no_result() -> None:
+    # The operator joins model_file to artifact_uri: a forged "../.." must not get there.
+    good = {"kind": "result", "artifactUri": "pvc://models/ns/n/u/g1", "modelFile": "model.onnx"}
+    assert parse_termination_message(json.dumps(good)) is not None
+    for bad in ("../../other/model.onnx", "a/model.onnx", ".."):
+        assert parse_termination_message(json.dumps({**good, "modelFile": bad})) is None
