@@ -17,7 +17,6 @@ training loop, its per-epoch bookkeeping and final checkpoint included). Each si
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import subprocess
@@ -170,15 +169,6 @@ def textbook_worker(config_path: str) -> None:
     elapsed = time.perf_counter() - started
     cpu = time.process_time() - cpu_started
     if world_size > 1:
-        # The DDP wrapper's Reducer holds the process group: destroyed while it lives, the
-        # group's gloo threads survive until interpreter exit, where C++ destroys them still
-        # joinable: "terminate called without an active exception", SIGABRT in one rank (2 of
-        # 3 runs failed so). Meet at a barrier (no rank closes its connections while a peer
-        # still has a collective in flight), drop the wrapper (and the cycles that keep it),
-        # then destroy the group for real. modelyard_trainer.distributed.teardown does the same.
-        dist.barrier()
-        del model, optimizer, scaler
-        gc.collect()
         dist.destroy_process_group()
     if rank == 0:
         trained = rows * config.training.epochs
@@ -187,6 +177,13 @@ def textbook_worker(config_path: str) -> None:
                 {"samples_per_second": trained / elapsed, "samples_per_cpu_second": trained / cpu}
             )
         )
+    if world_size > 1:
+        # Leaving through interpreter finalization let a gloo thread that frees its last Work
+        # late die inside a noexcept destructor: SIGABRT in one rank, 2 of 3 runs failed so.
+        # See modelyard_trainer.distributed.exit_process.
+        from modelyard_trainer.distributed import exit_process
+
+        exit_process(0)
 
 
 def main() -> None:

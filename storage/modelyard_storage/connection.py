@@ -71,8 +71,8 @@ class S3Connection(BaseModel):
         max_length=512,
         pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
         description=(
-            "S3 API endpoint, e.g. http://minio.storage.svc:9000 or https://s3.example.com. "
-            "Empty: AWS S3 in the region."
+            "S3 API endpoint, e.g. http://minio.storage.svc:9000 or https://s3.example.com, "
+            "without user:password@ (the keys belong in the Secret). Empty: AWS S3 in the region."
         ),
     )
     region: str = Field(

@@ -194,4 +194,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if _rank(os.environ, "WORLD_SIZE") > 1:
+        from .distributed import exit_process
+
+        exit_process(code)  # a process of a gang must not finalize (see exit_process)
+    sys.exit(code)

@@ -7,13 +7,16 @@ operator can start a new attempt instead of paying for idle GPUs.
 
 from __future__ import annotations
 
-import gc
+import contextlib
+import logging
 import math
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -116,25 +119,30 @@ def setup(environ: Mapping[str, str] = os.environ) -> DistContext:
     return DistContext(rank, world_size, local_rank, device, backend)
 
 
-def teardown(context: DistContext, clean: bool = False) -> None:
-    """Leave the process group so that this process exits with its own code, never SIGABRT.
+def teardown(context: DistContext) -> None:
+    if context.distributed and dist.is_initialized():
+        dist.destroy_process_group()
 
-    A DistributedDataParallel wrapper (its Reducer) holds a reference to the group, and
-    destroy_process_group cannot destroy a group that is still referenced: its gloo threads
-    then live on until the interpreter exits, and C++ destroys them there while they are
-    still joinable, which is std::terminate ("terminate called without an active
-    exception", SIGABRT) whenever a peer still holds its end of the connection. So the
-    wrappers must be gone first: the caller drops its own, and the collection here frees
-    those that only reference cycles keep. On a clean end every rank first meets the others
-    at a barrier, so that no rank closes its connections while a peer still has a collective
-    in flight; after a failure a peer may never arrive, so there is no barrier then.
+
+def exit_process(code: int) -> NoReturn:
+    """End a process that ran collectives with `code`, without interpreter finalization.
+
+    destroy_process_group does not stop gloo's worker threads once DDP has used the group
+    (DDP's internals keep references to it), and such a thread may free its last Work object
+    late. A Work holds thread-local state with a Python object, so freeing it takes the GIL;
+    if the interpreter is already finalizing, CPython ends that thread with pthread_exit,
+    whose unwinding through the noexcept ~AsyncWork is std::terminate: "terminate called
+    without an active exception", SIGABRT, and the exit code (a permanent 64/65/66 among
+    them) is lost. That was the bench's 2-in-3 failure (core: ProcessGroupGloo::runLoop ->
+    ~AsyncAllreduceWork -> ~ThreadLocalState -> gil_scoped_acquire -> PyThread_exit_thread ->
+    std::terminate). Everything that matters is written and closed by now, so the process
+    flushes its streams and leaves at once: no finalization, no thread asked to die.
     """
-    if not (context.distributed and dist.is_initialized()):
-        return
-    if clean:
-        dist.barrier()
-    gc.collect()
-    dist.destroy_process_group()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
 
 
 # Ranks exchange tensors only, never pickles (broadcast_object_list and its kin unpickle

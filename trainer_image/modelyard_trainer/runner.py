@@ -13,7 +13,6 @@ import os
 import platform
 import shutil
 import time
-import traceback
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -111,12 +110,6 @@ def execute(
     context = distributed.setup(environ)
     try:
         return _execute(config, output, environ, identity, context)
-    except BaseException as error:
-        # The failure's traceback keeps the training loop's frame, and in it the DDP wrapper
-        # that holds the process group: cleared, the group can really be destroyed (see
-        # distributed.teardown). The message and the stack stay.
-        traceback.clear_frames(error.__traceback__)
-        raise
     finally:
         distributed.teardown(context)
 
@@ -201,8 +194,7 @@ def _execute(
             context.world_size,
             context.backend,
         )
-        # The DDP wrapper went with fit()'s frame: every rank leaves the group together.
-        distributed.teardown(context, clean=True)
+        distributed.teardown(context)
         if not context.is_main:
             return None
         return _finish(

@@ -25,7 +25,7 @@ def main(out: str) -> None:
         empty = distributed.broadcast_bytes(context, b"" if main_rank else None)
         data = distributed.broadcast_bytes(context, payload if main_rank else None)
     finally:
-        distributed.teardown(context, clean=True)
+        distributed.teardown(context)
     assert data is not None and empty is not None
     document = {
         "flags": flags,
@@ -41,3 +41,4 @@ def main(out: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    distributed.exit_process(0)
