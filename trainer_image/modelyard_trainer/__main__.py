@@ -147,7 +147,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         stream=sys.stderr,
     )
     for handler in logging.getLogger().handlers:
-        handler.addFilter(ScrubFilter())
+        if not any(isinstance(f, ScrubFilter) for f in handler.filters):
+            handler.addFilter(ScrubFilter())
     log.setLevel(logging.INFO)
     scratch: str | None = None
     try:
