@@ -8,14 +8,21 @@ On failure it writes a LoadFailure whose reason names the cause (ModelNotFound,
 BucketNotFound, AccessDenied, StorageUnreachable, ChecksumMismatch, FetchFailed) to the
 termination log and exits with EXIT_LOAD_FAILURE; the operator turns that into the model's
 FailedToLoad state and condition. s3:// reads its endpoint from MODELYARD_S3_* and its keys
-from AWS_* variables; no message ever holds a key.
+from AWS_* variables; every failure message is scrubbed of credential values.
+
+The source is parsed by `modelyard_storage.uri` (no `..`); a path into the claims' mount root
+(/mnt/pvc/<claim>/..., or pvc://claim/path) must stay in its claim once symlinks are resolved.
+A model over MODELYARD_MAX_MODEL_BYTES (default 2 GiB, ONNX's own limit for one file) is
+refused from its size, before it is copied (FetchFailed, naming the limit).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from modelyard_server.contracts import (
@@ -27,7 +34,13 @@ from modelyard_server.contracts import (
 from modelyard_server.termination import DEFAULT_TERMINATION_LOG, report_load_failure
 from modelyard_storage.digest import sha256_of
 from modelyard_storage.errors import StorageError, StorageErrorReason
-from modelyard_storage.store import open_store
+from modelyard_storage.redact import scrub
+from modelyard_storage.store import (
+    DEFAULT_MAX_MODEL_BYTES,
+    ENV_MAX_MODEL_BYTES,
+    byte_limit,
+    open_store,
+)
 
 _REASONS: dict[StorageErrorReason, LoadFailureReason] = {
     "NotFound": "ModelNotFound",
@@ -35,6 +48,7 @@ _REASONS: dict[StorageErrorReason, LoadFailureReason] = {
     "AccessDenied": "AccessDenied",
     "Unreachable": "StorageUnreachable",
     "ChecksumMismatch": "ChecksumMismatch",
+    "TooLarge": "FetchFailed",
     "InvalidUri": "InvalidConfig",
     "Failed": "FetchFailed",
 }
@@ -57,7 +71,9 @@ def cached(dest: Path, sha256: str | None) -> bool:
         return False
 
 
-def fetch_model(source: str, dest: Path, sha256: str | None = None) -> tuple[str, bool]:
+def fetch_model(
+    source: str, dest: Path, sha256: str | None = None, environ: Mapping[str, str] = os.environ
+) -> tuple[str, bool]:
     """Copy `source` to `dest` atomically; (its sha256, whether the cached copy was kept).
 
     Raises FetchError with the cause as its reason; `dest` is then left as it was.
@@ -66,9 +82,11 @@ def fetch_model(source: str, dest: Path, sha256: str | None = None) -> tuple[str
         assert sha256 is not None
         return sha256.lower(), True
     try:
-        return open_store(source).download(source, dest, sha256), False
+        max_bytes = byte_limit(environ, ENV_MAX_MODEL_BYTES, DEFAULT_MAX_MODEL_BYTES)
+        store = open_store(source, environ)
+        return store.download(source, dest, sha256, max_bytes), False
     except StorageError as error:
-        raise FetchError(_REASONS[error.reason], error.message) from None
+        raise FetchError(_REASONS[error.reason], scrub(error.message, environ)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
         digest, kept = fetch_model(args.source, Path(args.dest), args.sha256)
     except FetchError as exc:
         report_load_failure(args.termination_log, exc.reason, exc.message)
+        return EXIT_LOAD_FAILURE
+    except Exception as exc:
+        # Anything else leaves a scrubbed record too: with FallbackToLogsOnError an empty
+        # termination log would let the log tail (a traceback) become the message.
+        message = scrub(f"{type(exc).__name__}: {exc}")
+        report_load_failure(args.termination_log, "FetchFailed", message)
         return EXIT_LOAD_FAILURE
     size = Path(args.dest).stat().st_size
     how = "kept the cached copy of" if kept else "fetched"

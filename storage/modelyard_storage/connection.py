@@ -11,10 +11,11 @@ Pure pydantic and stdlib: the operator imports this module.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 ENV_S3_ENDPOINT_URL = "MODELYARD_S3_ENDPOINT_URL"
@@ -35,18 +36,43 @@ _SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
 _DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 
 
+# An endpoint with userinfo (http://user:password@host) would put credentials into the spec,
+# where everyone who may read the object sees them. The same regular expression serves the
+# pydantic validator and its CEL twin.
+_USERINFO = r"^https?://[^/]*@"
+_NO_USERINFO_MESSAGE = (
+    "endpointUrl must not hold credentials (user:password@); put the access keys in the "
+    "Secret named by secretName"
+)
+
+
 class S3Connection(BaseModel):
     """An S3-compatible object store and the Secret that holds its access keys."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        # A refused value may hold a password (endpointUrl): errors name the field only.
+        hide_input_in_errors=True,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"!has(self.endpointUrl) || !self.endpointUrl.matches('{_USERINFO}')",
+                    "message": _NO_USERINFO_MESSAGE,
+                    "fieldPath": ".endpointUrl",
+                }
+            ]
+        },
+    )
 
     endpoint_url: str | None = Field(
         default=None,
         max_length=512,
         pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
         description=(
-            "S3 API endpoint, e.g. http://minio.storage.svc:9000 or https://s3.example.com. "
-            "Empty: AWS S3 in the region."
+            "S3 API endpoint, e.g. http://minio.storage.svc:9000 or https://s3.example.com, "
+            "without user:password@ (the keys belong in the Secret). Empty: AWS S3 in the region."
         ),
     )
     region: str = Field(
@@ -104,6 +130,13 @@ class S3Connection(BaseModel):
         le=20,
         description="Attempts per request (first try and retries) on transient errors.",
     )
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _no_userinfo(cls, value: str | None) -> str | None:
+        if value is not None and re.match(_USERINFO, value):
+            raise ValueError(_NO_USERINFO_MESSAGE)
+        return value
 
     def plain_env(self) -> dict[str, str]:
         """Everything but the credentials, as environment variables."""

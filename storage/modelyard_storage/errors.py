@@ -10,6 +10,7 @@ StorageErrorReason = Literal[
     "AccessDenied",
     "Unreachable",
     "ChecksumMismatch",
+    "TooLarge",
     "InvalidUri",
     "Failed",
 ]

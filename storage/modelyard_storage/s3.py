@@ -7,7 +7,6 @@ credentials, an endpoint that does not answer) and whose message never holds a c
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -16,9 +15,10 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from modelyard_storage.connection import CREDENTIAL_ENV, S3Connection
+from modelyard_storage.connection import S3Connection
 from modelyard_storage.digest import CHUNK_BYTES, METADATA_SHA256, sha256_of
 from modelyard_storage.errors import StorageError, StorageErrorReason
+from modelyard_storage.redact import scrub
 from modelyard_storage.store import Store, write_stream_atomically
 from modelyard_storage.uri import S3Uri, UriError, parse_s3_uri
 
@@ -59,7 +59,9 @@ class S3Store(Store):
 
     # --- the Store interface ------------------------------------------------------------------
 
-    def download(self, uri: str, dest: Path, sha256: str | None = None) -> str:
+    def download(
+        self, uri: str, dest: Path, sha256: str | None = None, max_bytes: int | None = None
+    ) -> str:
         where = self._parse(uri)
         try:
             response = self.client.get_object(Bucket=where.bucket, Key=where.key)
@@ -68,8 +70,15 @@ class S3Store(Store):
         recorded = (response.get("Metadata") or {}).get(METADATA_SHA256)
         body = response["Body"]
         try:
+            # The size the store announces refuses a big object before its body is read; the
+            # count while streaming holds a store that announces less than it sends.
             return write_stream_atomically(
-                self._chunks(body, where), dest, str(where), [sha256, recorded]
+                self._chunks(body, where),
+                dest,
+                str(where),
+                [sha256, recorded],
+                max_bytes,
+                response.get("ContentLength"),
             )
         except StorageError as error:
             if error.reason == "ChecksumMismatch" and sha256 and sha256 not in error.message:
@@ -216,12 +225,3 @@ class S3Store(Store):
 
 def _code(error: botocore.exceptions.ClientError) -> str:
     return str((error.response.get("Error") or {}).get("Code") or "")
-
-
-def scrub(message: str) -> str:
-    """`message` without any credential value of this process's environment."""
-    for name in CREDENTIAL_ENV:
-        value = os.environ.get(name)
-        if value and len(value) >= 4:
-            message = message.replace(value, "***")
-    return message

@@ -5,6 +5,12 @@ against the expected sha256 and against the sha256 that our own uploads record, 
 never sees half a file or a corrupted one. `publish_directory` uploads a directory so that a
 reader that requires its marker file sees it only when complete: the marker goes last.
 
+Downloads are capped: a caller passes `max_bytes` (the fetcher's default is
+MODELYARD_MAX_MODEL_BYTES, the trainer's MODELYARD_MAX_DATA_BYTES; see `byte_limit`), and an
+object over it is refused from its size before a byte is written and, should the size lie,
+as soon as the stream passes the cap, so that no download can fill a volume or the memory
+of the pod that reads it.
+
 This module imports no boto3; the S3 backend is loaded only when an s3:// URI is opened, so
 that the operator (which validates URIs) never pays for it.
 """
@@ -21,20 +27,41 @@ from pathlib import Path
 
 from modelyard_storage.digest import CHUNK_BYTES
 from modelyard_storage.errors import StorageError
-from modelyard_storage.uri import is_s3
+from modelyard_storage.uri import DEFAULT_PVC_MOUNT_ROOT, ENV_PVC_MOUNT_ROOT, is_s3, join_uri
 
-DEFAULT_PVC_MOUNT_ROOT = "/mnt/pvc"
+ENV_MAX_MODEL_BYTES = "MODELYARD_MAX_MODEL_BYTES"
+ENV_MAX_DATA_BYTES = "MODELYARD_MAX_DATA_BYTES"
+# ONNX models are single protobuf files, which cannot exceed 2 GiB.
+DEFAULT_MAX_MODEL_BYTES = 2 << 30
+# Data files are read whole into memory by the trainer.
+DEFAULT_MAX_DATA_BYTES = 4 << 30
+
+
+def byte_limit(environ: Mapping[str, str], name: str, default: int) -> int:
+    """The byte cap in the variable `name` (a positive integer), or `default` when unset."""
+    raw = environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise StorageError("InvalidUri", f"environment {name}={raw!r} is not a positive integer")
+    return value
 
 
 class Store(ABC):
     """Files addressed by URI. Every method raises StorageError with a clear reason."""
 
     @abstractmethod
-    def download(self, uri: str, dest: Path, sha256: str | None = None) -> str:
+    def download(
+        self, uri: str, dest: Path, sha256: str | None = None, max_bytes: int | None = None
+    ) -> str:
         """Copy `uri` to `dest` atomically and return its sha256.
 
         ChecksumMismatch when it differs from `sha256` or from the one recorded at upload;
-        `dest` is then left as it was.
+        TooLarge when it holds more than `max_bytes`; `dest` is then left as it was.
         """
 
     @abstractmethod
@@ -73,18 +100,31 @@ class Store(ABC):
         if marker not in names:
             raise StorageError("Failed", f"cannot publish {source}: it has no {marker}")
         for name in [n for n in names if n != marker] + [marker]:
-            self.upload(source / name, join(prefix, name))
+            self.upload(source / name, join_uri(prefix, name))
         return names
 
 
-def join(prefix: str, name: str) -> str:
-    return f"{prefix.rstrip('/')}/{name.lstrip('/')}"
+def _too_large(source: str, max_bytes: int) -> StorageError:
+    return StorageError(
+        "TooLarge", f"{source} holds more than the limit of {max_bytes} bytes; not downloaded"
+    )
 
 
 def write_stream_atomically(
-    chunks: Iterable[bytes], dest: Path, source: str, expected: Iterable[str | None]
+    chunks: Iterable[bytes],
+    dest: Path,
+    source: str,
+    expected: Iterable[str | None],
+    max_bytes: int | None = None,
+    size: int | None = None,
 ) -> str:
-    """Write `chunks` to `dest` through a temp file, check every expected sha256, rename."""
+    """Write `chunks` to `dest` through a temp file, check every expected sha256, rename.
+
+    With `max_bytes`, a source whose announced `size` is over it is refused before anything
+    is written, and one that streams more than it is cut off there.
+    """
+    if max_bytes is not None and size is not None and size > max_bytes:
+        raise _too_large(source, max_bytes)
     dest.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
@@ -93,8 +133,12 @@ def write_stream_atomically(
     os.fchmod(fd, 0o644)
     try:
         with os.fdopen(fd, "wb") as out:
+            written = 0
             try:
                 for chunk in chunks:
+                    written += len(chunk)
+                    if max_bytes is not None and written > max_bytes:
+                        raise _too_large(source, max_bytes)
                     digest.update(chunk)
                     out.write(chunk)
                 out.flush()
@@ -140,4 +184,4 @@ def open_store(uri: str, environ: Mapping[str, str] | None = None) -> Store:
         return S3Store(connection)
     from modelyard_storage.local import LocalStore
 
-    return LocalStore(environ.get("MODELYARD_PVC_MOUNT_ROOT") or DEFAULT_PVC_MOUNT_ROOT)
+    return LocalStore(environ.get(ENV_PVC_MOUNT_ROOT) or DEFAULT_PVC_MOUNT_ROOT)

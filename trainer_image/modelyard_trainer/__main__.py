@@ -2,7 +2,8 @@
 
 Every exit path leaves an exit code from the contracts and, in a pod, a termination message:
 the result on success (rank 0), the failure otherwise. The config is validated before torch
-is imported, so a bad config fails in a moment.
+is imported, so a bad config fails in a moment. Whatever leaves the process on failure (the
+termination message, the log lines) is scrubbed of credential values first.
 """
 
 from __future__ import annotations
@@ -18,10 +19,17 @@ import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from modelyard_storage.errors import StorageError
+from modelyard_storage.local import local_path
+from modelyard_storage.redact import ScrubFilter, scrub
+from modelyard_storage.uri import UriError, is_s3, parse_uri
+
 from .config import ConfigError, load_trainer_config
 from .contracts import (
+    DEFAULT_PVC_MOUNT_ROOT,
     DEFAULT_TERMINATION_LOG,
     ENV_OUTPUT_URI,
+    ENV_PVC_MOUNT_ROOT,
     ENV_TERMINATION_LOG,
     ExitCode,
     FailureReason,
@@ -29,7 +37,7 @@ from .contracts import (
     TrainingResult,
     parse_termination_message,
 )
-from .errors import TrainerError
+from .errors import InvalidConfig, TrainerError
 
 log = logging.getLogger("modelyard_trainer")
 
@@ -82,11 +90,30 @@ def write_termination(
 
 def _fail(exit_code: int, reason: FailureReason, message: str, environ: Mapping[str, str]) -> int:
     rank = _rank(environ, "RANK")
+    message = scrub(message, environ)
     log.error("%s: %s", reason, message)
     write_termination(
         TrainingFailure(exit_code=exit_code, reason=reason, message=message, rank=rank), environ
     )
     return exit_code
+
+
+def output_directory(argument: str, environ: Mapping[str, str]) -> Path:
+    """The local directory that --output names, parsed like every storage path.
+
+    In a pod --output is the mounted claim of output.uri: it must stay in that claim, and
+    output.uri itself must not climb (both InvalidConfig naming the field).
+    """
+    try:
+        declared = environ.get(ENV_OUTPUT_URI)
+        if declared:
+            parse_uri(declared, "output.uri")
+        mount_root = environ.get(ENV_PVC_MOUNT_ROOT) or DEFAULT_PVC_MOUNT_ROOT
+        return local_path(argument, mount_root, "--output")
+    except UriError as error:
+        raise InvalidConfig(str(error)) from None
+    except StorageError as error:
+        raise InvalidConfig(error.message) from None
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -119,15 +146,20 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         format=f"modelyard-trainer[{rank}]: %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, ScrubFilter) for f in handler.filters):
+            handler.addFilter(ScrubFilter())
     log.setLevel(logging.INFO)
-    output = Path(args.output)
     scratch: str | None = None
-    if args.output.startswith("s3://"):
-        # Object storage is the output; the run is built in scratch space and mirrored there.
-        environ = {**environ, ENV_OUTPUT_URI: args.output}
-        scratch = tempfile.mkdtemp(prefix="modelyard-output-")
-        output = Path(scratch)
     try:
+        if is_s3(args.output):
+            parse_uri(args.output, "--output")
+            # Object storage is the output; the run is built in scratch space and mirrored.
+            environ = {**environ, ENV_OUTPUT_URI: args.output}
+            scratch = tempfile.mkdtemp(prefix="modelyard-output-")
+            output = Path(scratch)
+        else:
+            output = output_directory(args.output, environ)
         config = load_trainer_config(args.config)
         name = run_name_from(args.config)
         result = None
@@ -141,7 +173,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             from .runner import execute
 
             result = execute(config, output, environ, name)
-    except ConfigError as error:
+    except (ConfigError, UriError) as error:
         return _fail(int(ExitCode.CONFIG_INVALID), "InvalidConfig", str(error), environ)
     except TrainerError as error:
         return _fail(error.exit_code, error.reason, error.message, environ)
@@ -151,7 +183,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if _rank(environ, "WORLD_SIZE") > 1 and is_peer_error(error):
             message = f"lost contact with the other workers: {error}"
             return _fail(1, "PeerLost", message, environ)
-        traceback.print_exc()
+        print(scrub(traceback.format_exc(), environ), file=sys.stderr, flush=True)
         return _fail(1, "Error", f"{type(error).__name__}: {error}", environ)
     finally:
         if scratch is not None:
@@ -163,4 +195,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if _rank(os.environ, "WORLD_SIZE") > 1:
+        from .distributed import exit_process
+
+        exit_process(code)  # a process of a gang must not finalize (see exit_process)
+    sys.exit(code)

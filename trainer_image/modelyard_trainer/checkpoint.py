@@ -17,6 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from modelyard_storage.errors import StorageError
+from modelyard_storage.local import path_below
+
 from .files import write_atomically
 
 log = logging.getLogger(__name__)
@@ -25,14 +28,20 @@ _NAME = re.compile(r"^epoch-(\d{6,})\.pt$")
 
 
 def checkpoint_files(directory: Path) -> list[tuple[int, Path]]:
-    """(epoch, path) of every checkpoint, oldest first."""
+    """(epoch, path) of every checkpoint, oldest first; a symlink out of `directory` is none."""
     if not directory.is_dir():
         return []
     found = []
     for path in directory.iterdir():
         match = _NAME.match(path.name)
-        if match:
-            found.append((int(match.group(1)), path))
+        if not match:
+            continue
+        try:
+            path_below(directory, path.name, "checkpoint")
+        except StorageError as error:
+            log.warning("ignoring checkpoint %s: %s", path.name, error.message)
+            continue
+        found.append((int(match.group(1)), path))
     return sorted(found)
 
 

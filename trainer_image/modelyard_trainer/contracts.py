@@ -7,14 +7,21 @@ metadata.json) without importing torch, so this module imports only pydantic and
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
 from enum import IntEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
+
+# One definition of each, in the storage package (stdlib only, like this module); named here
+# too because the operator reads the trainer's environment contract from this module.
+from modelyard_storage.uri import DEFAULT_PVC_MOUNT_ROOT as DEFAULT_PVC_MOUNT_ROOT
+from modelyard_storage.uri import ENV_PVC_MOUNT_ROOT as ENV_PVC_MOUNT_ROOT
+from modelyard_storage.uri import join_uri as join_uri
 
 
 class ExitCode(IntEnum):
@@ -47,13 +54,10 @@ ENV_PROGRESS_CONFIGMAP = "MODELYARD_PROGRESS_CONFIGMAP"
 ENV_TERMINATION_LOG = "MODELYARD_TERMINATION_LOG"
 # Seconds a collective may wait for a peer before the worker gives up (lost peer).
 ENV_PEER_TIMEOUT_SECONDS = "MODELYARD_PEER_TIMEOUT_SECONDS"
-# Where the operator mounts claims named by pvc:// data URIs: <root>/<claim>/<path>.
-ENV_PVC_MOUNT_ROOT = "MODELYARD_PVC_MOUNT_ROOT"
 
 LOCAL_NAMESPACE = "local"
 LOCAL_UID = "local"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
-DEFAULT_PVC_MOUNT_ROOT = "/mnt/pvc"
 DEFAULT_PEER_TIMEOUT_SECONDS = 300
 
 # Data key of the progress ConfigMap that holds one ProgressRecord as JSON.
@@ -84,11 +88,6 @@ def artifact_relpath(namespace: str, name: str, uid: str, generation: int) -> st
     if generation < 1:
         raise ValueError(f"generation must be >= 1, got {generation}")
     return f"{namespace}/{name}/{uid}/g{generation}"
-
-
-def join_uri(base: str, relpath: str) -> str:
-    """Append a relative path to a storage URI or local directory."""
-    return f"{base.rstrip('/')}/{relpath.lstrip('/')}"
 
 
 class _Model(BaseModel):
@@ -165,6 +164,25 @@ class ProgressRecord(_Model):
     world_size: int = Field(default=1, ge=1, description="Number of training processes.")
     updated_at: str = Field(default="", description="RFC 3339 time of this record.")
 
+    # JSON has no NaN or Infinity (a diverging loss gives both): such a number is unknown,
+    # so it is null, and a validation metric without a value is left out. Applied on reading
+    # too, so that a record that a pod wrote with NaN tokens still parses.
+    @field_validator("loss", "samples_per_second", "eta_seconds", mode="before")
+    @classmethod
+    def _finite_or_none(cls, value: Any) -> Any:
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+
+    @field_validator("validation", mode="before")
+    @classmethod
+    def _finite_metrics(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        return {
+            name: metric
+            for name, metric in value.items()
+            if not (metric is None or (isinstance(metric, float) and not math.isfinite(metric)))
+        }
+
 
 # --- Termination message ---------------------------------------------------------------------
 
@@ -194,7 +212,13 @@ class TrainingResult(_Model):
 
     kind: Literal["result"] = Field(default="result", description="Discriminator.")
     artifact_uri: str = Field(default="", description="URI of the run's artifact directory.")
-    model_file: str = Field(default=MODEL_FILE, description="The file to serve, in that dir.")
+    model_file: str = Field(
+        default=MODEL_FILE,
+        max_length=255,
+        # A plain file name: the operator joins it to artifact_uri, so it must not climb.
+        pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*$",
+        description="The file to serve, in that dir.",
+    )
     sha256: str = Field(default="", description="sha256 of the served file (hex).")
     size_bytes: int = Field(default=0, ge=0, description="Size of the served file.")
     metrics: dict[str, float] = Field(

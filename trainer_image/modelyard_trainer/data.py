@@ -3,11 +3,17 @@
 The result keeps raw feature values (NaN for missing numbers, "" for missing strings): the
 fitted transforms are applied by a torch module (transforms.py) that is also exported into the
 ONNX model, so training and serving run the very same preprocessing on raw features.
+
+The file that data.source.uri names is found by the storage package (no `..`, and it stays in
+its claim) and capped at MODELYARD_MAX_DATA_BYTES. Errors never quote the file's content (it
+may be any file the pod can read): columns are named only when the spec names them, else
+counted or numbered.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -17,11 +23,16 @@ import numpy as np
 import pandas as pd
 
 from modelyard_storage.errors import StorageError
-from modelyard_storage.store import open_store
+from modelyard_storage.local import local_path
+from modelyard_storage.store import (
+    DEFAULT_MAX_DATA_BYTES,
+    ENV_MAX_DATA_BYTES,
+    byte_limit,
+    open_store,
+)
 from modelyard_storage.uri import is_s3
 
 from .config import DataConfig, SyntheticTask
-from .contracts import DEFAULT_PVC_MOUNT_ROOT
 from .errors import InvalidConfig
 from .mirror import storage_failure
 
@@ -110,16 +121,6 @@ class _Table:
     class_labels: list[str] | None = None  # names of integer class codes, when known
 
 
-def resolve_data_path(uri: str, pvc_root: str = DEFAULT_PVC_MOUNT_ROOT) -> Path:
-    """Map a data URI to a local path: file:///x -> /x, pvc://claim/x -> <pvc_root>/claim/x."""
-    if uri.startswith("file://"):
-        return Path(uri[len("file://") :])
-    if uri.startswith("pvc://"):
-        claim, _, rest = uri[len("pvc://") :].partition("/")
-        return Path(pvc_root) / claim / rest
-    return Path(uri)
-
-
 def _load_builtin(name: str) -> _Table:
     from sklearn import datasets
 
@@ -170,18 +171,29 @@ def _load_synthetic(config: DataConfig) -> _Table:
 def _load_file(config: DataConfig, pvc_root: str) -> _Table:
     uri = config.source.uri
     assert uri is not None
-    if not is_s3(uri):
-        return _read_file(config, uri, resolve_data_path(uri, pvc_root))
-    # Each process downloads its own copy to scratch space, verified, and reads it from there.
-    with tempfile.TemporaryDirectory(prefix="modelyard-data-") as scratch:
-        path = Path(scratch) / (PurePosixPath(uri).name or "data")
-        try:
-            open_store(uri).download(uri, path)
-        except StorageError as error:
-            if error.reason in ("NotFound", "BucketNotFound", "InvalidUri"):
-                raise InvalidConfig(f"data.source.uri: {error.message}") from None
-            raise storage_failure(error) from None
-        return _read_file(config, uri, path)
+    field = "data.source.uri"
+    try:
+        max_bytes = byte_limit(os.environ, ENV_MAX_DATA_BYTES, DEFAULT_MAX_DATA_BYTES)
+        if not is_s3(uri):
+            path = local_path(uri, pvc_root, field)
+            if path.is_file() and path.stat().st_size > max_bytes:
+                raise StorageError(
+                    "TooLarge",
+                    f"{uri} holds more than the limit of {max_bytes} bytes ({ENV_MAX_DATA_BYTES})",
+                )
+            return _read_file(config, uri, path)
+        # Each process downloads its own copy to scratch space, verified, and reads it there.
+        with tempfile.TemporaryDirectory(prefix="modelyard-data-") as scratch:
+            path = Path(scratch) / (PurePosixPath(uri).name or "data")
+            open_store(uri).download(uri, path, max_bytes=max_bytes)
+            return _read_file(config, uri, path)
+    except StorageError as error:
+        if error.reason in ("NotFound", "BucketNotFound", "InvalidUri", "TooLarge"):
+            message = error.message
+            raise InvalidConfig(
+                message if message.startswith(field) else f"{field}: {message}"
+            ) from None
+        raise storage_failure(error) from None
 
 
 def _read_file(config: DataConfig, uri: str, path: Path) -> _Table:
@@ -203,15 +215,17 @@ def _read_file(config: DataConfig, uri: str, path: Path) -> _Table:
     try:
         frame = pd.read_parquet(path) if file_format == "parquet" else pd.read_csv(path)
     except Exception as error:  # pandas raises many types for unreadable files
+        # Only the type: the text of a parser's error may quote the line it choked on.
         raise InvalidConfig(
-            f"data.source.uri: cannot read {str(path)!r} as {file_format}: {error}"
+            f"data.source.uri: cannot read {uri!r} as {file_format} ({type(error).__name__})"
         ) from None
     columns = [str(column) for column in frame.columns]
     frame.columns = pd.Index(columns)
     if config.target not in columns:
+        # The file's header is never quoted: it may be a file that holds no table at all.
         raise InvalidConfig(
             f"data.target: column {config.target!r} is not in the file "
-            f"(columns: {', '.join(columns[:50])})"
+            f"({uri!r} has {len(columns)} column(s); their names are not shown)"
         )
     missing = [name for name in config.features if name not in columns]
     if missing:
@@ -401,8 +415,12 @@ def _fit(
         present = np.asarray([value for value in values if value != ""], dtype=object)
         names = sorted({str(value) for value in present})
         if len(names) > MAX_CATEGORIES:
+            # A column the spec does not name is numbered: its name is the file's content.
+            column = (
+                repr(name) if name in config.features else f"number {index + 1} of the text ones"
+            )
             raise InvalidConfig(
-                f"data.features: column {name!r} has {len(names)} categories "
+                f"data.features: column {column} has {len(names)} categories "
                 f"(max {MAX_CATEGORIES}); drop it or encode it as numbers"
             )
         spec.string_categories.append(names)

@@ -7,21 +7,22 @@ operator can start a new attempt instead of paying for idle GPUs.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
 
 from .contracts import DEFAULT_PEER_TIMEOUT_SECONDS, ENV_PEER_TIMEOUT_SECONDS
 from .errors import InvalidConfig
-
-T = TypeVar("T")
 
 _PEER_ERROR_HINTS = (
     "connection closed by peer",
@@ -123,13 +124,62 @@ def teardown(context: DistContext) -> None:
         dist.destroy_process_group()
 
 
-def broadcast_object(context: DistContext, value: T) -> T:
-    """Rank 0's value on every rank (rank 0 may be the only one that sees the output volume)."""
+def exit_process(code: int) -> NoReturn:
+    """End a process that ran collectives with `code`, without interpreter finalization.
+
+    destroy_process_group does not stop gloo's worker threads once DDP has used the group
+    (DDP's internals keep references to it), and such a thread may free its last Work object
+    late. A Work holds thread-local state with a Python object, so freeing it takes the GIL;
+    if the interpreter is already finalizing, CPython ends that thread with pthread_exit,
+    whose unwinding through the noexcept ~AsyncWork is std::terminate: "terminate called
+    without an active exception", SIGABRT, and the exit code (a permanent 64/65/66 among
+    them) is lost. That was the bench's 2-in-3 failure (core: ProcessGroupGloo::runLoop ->
+    ~AsyncAllreduceWork -> ~ThreadLocalState -> gil_scoped_acquire -> PyThread_exit_thread ->
+    std::terminate). Everything that matters is written and closed by now, so the process
+    flushes its streams and leaves at once: no finalization, no thread asked to die.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
+# Ranks exchange tensors only, never pickles (broadcast_object_list and its kin unpickle
+# whatever a peer sends, which would let anything that reaches the collective port run code).
+
+
+def broadcast_flag(context: DistContext, flag: bool) -> bool:
+    """Rank 0's flag on every rank."""
     if not context.distributed:
-        return value
-    holder: list[Any] = [value if context.is_main else None]
-    dist.broadcast_object_list(holder, src=0, device=context.device)
-    return holder[0]
+        return flag
+    value = torch.tensor([int(flag)], dtype=torch.int64, device=context.device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())
+
+
+def broadcast_bytes(context: DistContext, data: bytes | None) -> bytes | None:
+    """Rank 0's bytes (or None) on every rank: the length first, then the bytes as uint8."""
+    if not context.distributed:
+        return data
+    length = torch.tensor(
+        [-1 if data is None or not context.is_main else len(data)],
+        dtype=torch.int64,
+        device=context.device,
+    )
+    dist.broadcast(length, src=0)
+    size = int(length.item())
+    if size < 0:
+        return None
+    if size == 0:
+        return b""
+    if context.is_main:
+        assert data is not None
+        payload = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(context.device)
+    else:
+        payload = torch.empty(size, dtype=torch.uint8, device=context.device)
+    dist.broadcast(payload, src=0)
+    return bytes(payload.cpu().numpy())
 
 
 def all_reduce_sum(context: DistContext, tensor: torch.Tensor) -> torch.Tensor:

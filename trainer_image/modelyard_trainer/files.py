@@ -1,8 +1,7 @@
-"""Atomic file writes and digests: a crash never leaves a half-written file under its final name."""
+"""Atomic file writes: a crash never leaves a half-written file under its final name."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -48,11 +47,3 @@ def write_bytes_atomically(path: Path, data: bytes) -> None:
 
 def write_text_atomically(path: Path, text: str) -> None:
     write_bytes_atomically(path, text.encode("utf-8"))
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

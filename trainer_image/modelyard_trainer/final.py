@@ -7,6 +7,8 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
+from modelyard_storage.local import path_below
+
 from .config import TrainerConfig
 from .contracts import (
     ENV_OUTPUT_URI,
@@ -16,7 +18,7 @@ from .contracts import (
     join_uri,
     run_identity_from_env,
 )
-from .mirror import RunMirror
+from .mirror import RunMirror, storage_errors
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +75,13 @@ def final_result(
 ) -> TrainingResult | None:
     """The result of this run when its artifacts are already final for this config."""
     relpath = run_identity_from_env(environ, default_name).relpath
+    with storage_errors():
+        run_dir = path_below(output, relpath, "run directory")
     mirror = RunMirror.for_run(environ, relpath)
     if mirror is not None:
-        (output / relpath).mkdir(parents=True, exist_ok=True)
-        mirror.pull_final(output / relpath)
-    metadata = read_final(output / relpath, config_digest(config))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        mirror.pull_final(run_dir)
+    metadata = read_final(run_dir, config_digest(config))
     if metadata is None:
         return None
     return result_from_metadata(metadata, artifact_uri_of(output, environ, relpath))

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from modelyard_storage.errors import StorageError
+from modelyard_storage.local import path_below
 from modelyard_storage.store import Store, open_store
 from modelyard_storage.uri import is_s3, join_uri
 
@@ -60,7 +61,9 @@ class RunMirror:
                 staged.unlink(missing_ok=True)
                 return False
             for name, digest in metadata.files.items():
-                self.store.download(self.uri(name), run_dir / name, digest.sha256)
+                # The names come from the bucket: they must stay in the run directory.
+                dest = path_below(run_dir, name, f"{marker} files")
+                self.store.download(self.uri(name), dest, digest.sha256)
         staged.replace(run_dir / METADATA_FILE)
         return True
 
@@ -70,7 +73,8 @@ class RunMirror:
         with storage_errors():
             names = [n for n in self.store.listdir(prefix) if "/" not in n]
             for name in names:
-                self.store.download(join_uri(prefix, name), run_dir / CHECKPOINT_DIR / name)
+                dest = path_below(run_dir / CHECKPOINT_DIR, name, f"{prefix} listing")
+                self.store.download(join_uri(prefix, name), dest)
         if names:
             log.info("pulled %d checkpoint(s) from %s", len(names), prefix)
         return names

@@ -19,6 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from modelyard_storage.digest import sha256_of
+from modelyard_storage.local import path_below
+
 from . import distributed
 from .checkpoint import decode, read_latest
 from .config import TrainerConfig
@@ -41,9 +44,9 @@ from .contracts import (
 )
 from .data import Dataset, Part, PreprocessingSpec, load_dataset
 from .errors import ParityCheckFailed
-from .files import sha256_of, write_text_atomically
+from .files import write_text_atomically
 from .final import artifact_uri_of, config_digest, read_final, result_from_metadata
-from .mirror import RunMirror
+from .mirror import RunMirror, storage_errors
 from .report import ProgressReporter, make_reporter, utc_now
 
 log = logging.getLogger(__name__)
@@ -62,16 +65,17 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _prepare_run_dir(run_dir: Path, digest: str, mirror: RunMirror | None) -> dict[str, Any]:
-    """Rank 0's view of the run directory: already final, or a checkpoint to resume from."""
+def _prepare_run_dir(
+    run_dir: Path, checkpoints: Path, digest: str, mirror: RunMirror | None
+) -> tuple[bool, bytes | None]:
+    """Rank 0's view of the run directory: (already final, the checkpoint to resume from)."""
     if mirror is not None:
         # Object storage is the run's home: this pod's scratch directory starts empty.
         run_dir.mkdir(parents=True, exist_ok=True)
         if not mirror.pull_final(run_dir):
             mirror.pull_checkpoints(run_dir)
     if read_final(run_dir, digest) is not None:
-        return {"final": True, "checkpoint": None}
-    checkpoints = run_dir / CHECKPOINT_DIR
+        return True, None
     latest = read_latest(checkpoints)
     if latest is not None and decode(latest[1]).get("config_digest") != digest:
         # Same run identity but another config: only a local rerun after editing the file can
@@ -82,7 +86,7 @@ def _prepare_run_dir(run_dir: Path, digest: str, mirror: RunMirror | None) -> di
         latest = None
     if latest is not None:
         log.info("resuming from %s", latest[0])
-    return {"final": False, "checkpoint": latest[1] if latest else None}
+    return False, latest[1] if latest else None
 
 
 def _held_out(dataset: Dataset, rows: int) -> Part:
@@ -119,20 +123,26 @@ def _execute(
 ) -> TrainingResult | None:
     from .train import Trainer
 
-    run_dir = output / identity.relpath
+    with storage_errors():
+        # Kept in the output's claim even if a directory on the way is a symlink out of it.
+        run_dir = path_below(output, identity.relpath, "run directory")
+        checkpoints = path_below(run_dir, CHECKPOINT_DIR, "checkpoint directory")
     artifact_uri = artifact_uri_of(output, environ, identity.relpath)
     digest = config_digest(config)
     mirror = RunMirror.for_run(environ, identity.relpath) if context.is_main else None
-    plan: dict[str, Any] = distributed.broadcast_object(
-        context, _prepare_run_dir(run_dir, digest, mirror) if context.is_main else {}
+    final, checkpoint = (
+        _prepare_run_dir(run_dir, checkpoints, digest, mirror) if context.is_main else (False, None)
     )
-    if plan["final"]:
+    # Rank 0 may be the only one that sees the output volume: it tells the others.
+    final = distributed.broadcast_flag(context, final)
+    if final:
         if not context.is_main:
             return None
         metadata = read_final(run_dir, digest)
         assert metadata is not None
         log.info("%s is already final; reporting its result", run_dir)
         return result_from_metadata(metadata, artifact_uri)
+    checkpoint = distributed.broadcast_bytes(context, checkpoint)
 
     reporter = make_reporter(
         environ, run_dir, config.training.progress_interval_seconds, enabled=context.is_main
@@ -157,7 +167,7 @@ def _execute(
             len(dataset.test),
             time.monotonic() - started,
         )
-        resume = decode(plan["checkpoint"]) if plan["checkpoint"] is not None else None
+        resume = decode(checkpoint) if checkpoint is not None else None
         if resume is not None:
             # The checkpoint's fitted preprocessing belongs to its weights; it is deterministic,
             # so a difference means the data changed under the run.
@@ -171,7 +181,7 @@ def _execute(
             dataset,
             reporter,
             identity,
-            run_dir / CHECKPOINT_DIR if context.is_main else None,
+            checkpoints if context.is_main else None,
             config_digest=digest,
             checkpoint_saved=mirror.push_checkpoint if mirror is not None else None,
         )

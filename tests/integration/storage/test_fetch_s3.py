@@ -209,3 +209,19 @@ def test_unreachable_endpoint(s3_server: S3Server, tmp_path: Path) -> None:
     message = _assert_failure(result, log, "StorageUnreachable", s3_server)
     assert endpoint in message and "unreachable" in message
     assert time.monotonic() - started < 60
+
+
+def test_a_model_over_the_size_limit_is_refused(
+    s3_server: S3Server, bucket: str, model_file: Path, tmp_path: Path
+) -> None:
+    _upload(s3_server, bucket, "big/model.onnx", model_file)
+    size = model_file.stat().st_size
+    uri = f"s3://{bucket}/big/model.onnx"
+    dest, log = tmp_path / "models" / "model.onnx", tmp_path / "termination-log"
+    limit = s3_server.env(MODELYARD_MAX_MODEL_BYTES=str(size - 1))
+    message = _assert_failure(_fetch(limit, uri, dest, log), log, "FetchFailed", s3_server)
+    assert message == f"{uri} holds more than the limit of {size - 1} bytes; not downloaded"
+    assert not dest.exists() and not any(dest.parent.glob("*"))
+    exact = s3_server.env(MODELYARD_MAX_MODEL_BYTES=str(size))
+    assert _fetch(exact, uri, dest, log).returncode == 0
+    assert dest.read_bytes() == model_file.read_bytes()

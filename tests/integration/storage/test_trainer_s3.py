@@ -207,3 +207,26 @@ def test_denied_credentials_fail_the_attempt_without_leaking_them(
     failure = json.loads(log.read_text())
     assert failure["reason"] == "StorageFailed" and "AccessDenied" in failure["message"]
     assert wrong not in log.read_text() + done.stderr + done.stdout
+
+
+def test_data_over_the_size_limit_names_the_field_and_the_limit(
+    s3_server: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    rows = _csv(rows=200)
+    s3_server.client().put_object(Bucket=bucket, Key="data/train.csv", Body=rows)
+    config = write_config(tmp_path / "configs", "big-data", _config(bucket))
+    log = tmp_path / "termination"
+    limit = str(len(rows) - 1)
+    done = subprocess.run(
+        _command(config, str(tmp_path / "out"), 1),
+        env=trainer_env(log, s3_server.env(MODELYARD_MAX_DATA_BYTES=limit)),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 64, done.stderr[-3000:]
+    failure = json.loads(log.read_text())
+    assert failure["reason"] == "InvalidConfig"
+    assert failure["message"] == (
+        f"data.source.uri: s3://{bucket}/data/train.csv holds more than the limit of "
+        f"{limit} bytes; not downloaded"
+    )
+    assert s3_server.secret_key not in log.read_text() + done.stderr

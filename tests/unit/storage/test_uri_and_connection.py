@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
+from pydantic import ValidationError
 
-from modelyard_storage.connection import S3Connection
+from modelyard_storage.connection import _USERINFO, S3Connection
 from modelyard_storage.uri import LocalUri, PvcUri, S3Uri, UriError, join_uri, parse_uri
 
 
@@ -45,9 +47,9 @@ def test_bad_uris_name_the_field(uri: str, words: str) -> None:
 
 
 def test_join_and_str() -> None:
-    base = S3Uri("models", "runs/")
-    assert str(base.join("ns", "/name/", "g1")) == "s3://models/runs/ns/name/g1"
+    assert join_uri("s3://models/runs/", "ns", "/name/", "g1") == "s3://models/runs/ns/name/g1"
     assert join_uri("s3://models/runs/", "/a/b") == "s3://models/runs/a/b"
+    assert str(S3Uri("models", "runs")) == "s3://models/runs"
     assert str(PvcUri("claim", "")) == "pvc://claim"
 
 
@@ -89,3 +91,33 @@ def test_the_uri_and_connection_modules_are_cheap() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["http://AKIAEXAMPLE:hunter2-password@minio:9000", "https://user@s3.example.com/base"],
+)
+def test_an_endpoint_with_credentials_is_refused_without_echoing_them(endpoint: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        S3Connection(endpoint_url=endpoint)
+    (problem,) = caught.value.errors()
+    assert problem["loc"] == ("endpoint_url",)
+    assert "endpointUrl must not hold credentials" in problem["msg"]
+    assert "hunter2" not in str(caught.value) and "AKIAEXAMPLE" not in str(caught.value)
+    with pytest.raises(ValueError) as from_env:
+        S3Connection.from_env({"MODELYARD_S3_ENDPOINT_URL": endpoint})
+    assert str(from_env.value).startswith("MODELYARD_S3_ENDPOINT_URL: ")
+    assert "hunter2" not in str(from_env.value)
+
+
+def test_the_userinfo_rule_has_a_cel_twin_with_the_same_expression() -> None:
+    # An '@' after the authority (in the path) is no userinfo.
+    assert S3Connection(endpoint_url="http://minio:9000/a@b").endpoint_url is not None
+    schema = S3Connection.model_json_schema(by_alias=True)
+    (rule,) = schema["x-kubernetes-validations"]
+    assert rule["fieldPath"] == ".endpointUrl"
+    assert "must not hold credentials" in rule["message"]
+    # The CEL rule matches the very expression the pydantic validator uses.
+    expression = re.search(r"matches\('(.+)'\)", rule["rule"])
+    assert expression is not None and expression.group(1) == _USERINFO
+    assert rule["rule"].startswith("!has(self.endpointUrl) || !self.endpointUrl.matches(")

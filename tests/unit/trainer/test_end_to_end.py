@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from modelyard_storage.digest import sha256_of
 from modelyard_trainer.contracts import (
     CHECKPOINT_DIR,
     METADATA_FILE,
@@ -29,7 +30,6 @@ from modelyard_trainer.contracts import (
     TrainingFailure,
     TrainingResult,
 )
-from modelyard_trainer.files import sha256_of
 
 from .support import (
     Run,

@@ -29,7 +29,7 @@ from modelyard_trainer.contracts import (
     TrainingResult,
     parse_termination_message,
 )
-from modelyard_trainer.data import load_dataset, resolve_data_path
+from modelyard_trainer.data import load_dataset
 from modelyard_trainer.distributed import cpu_budget, is_peer_error, setup
 from modelyard_trainer.errors import InvalidConfig
 from modelyard_trainer.evaluate import classification_metrics, regression_metrics
@@ -124,14 +124,6 @@ def test_file_problems_name_the_field(
     config = data({"source": {"uri": str(path)}, "target": "label", **changes})
     with pytest.raises(InvalidConfig, match=message.replace("(", r"\(")):
         load_dataset(config, "classification", "/nonexistent")
-
-
-def test_pvc_uris_resolve_under_the_mount_root() -> None:
-    assert resolve_data_path("pvc://data/sets/x.csv", "/mnt/pvc") == Path(
-        "/mnt/pvc/data/sets/x.csv"
-    )
-    assert resolve_data_path("file:///srv/x.csv") == Path("/srv/x.csv")
-    assert resolve_data_path("rel/x.csv") == Path("rel/x.csv")
 
 
 def test_fitted_preprocessing_imputes_scales_and_one_hot_encodes(tmp_path: Path) -> None:
