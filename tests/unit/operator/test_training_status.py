@@ -379,8 +379,6 @@ def test_a_job_that_is_not_ours_is_neither_followed_nor_deleted() -> None:
         (f"pvc://modelyard-models/default/digits/{UID}/g2", "model.onnx"),  # another run
         (f"pvc://modelyard-models/default/digits/{UID}/g1x", "model.onnx"),
         (f"pvc://modelyard-models/default/digits/{UID}/g1/..", "model.onnx"),
-        (RUN_DIR, "../../other-uid/g1/model.onnx"),
-        (RUN_DIR, "./model.onnx"),
     ],
 )
 def test_a_result_outside_the_runs_output_location_is_refused(
@@ -395,8 +393,23 @@ def test_a_result_outside_the_runs_output_location_is_refused(
     assert RUN_DIR in failed.message
 
 
+@pytest.mark.parametrize("model_file", ["../../other-uid/g1/model.onnx", "./model.onnx"])
+def test_a_result_whose_model_file_is_not_a_plain_name_is_no_result(model_file: str) -> None:
+    # The contract refuses such a name, so a forged message is built without its validation.
+    forged = TrainingResult.model_construct(
+        artifact_uri=RUN_DIR, sha256="ab" * 32, model_file=model_file, metrics={}
+    )
+    terminated = {"exitCode": 0, "message": forged.to_termination_message()}
+    rank0 = pod(1, 0, "Succeeded", terminated=terminated)
+    p = plan(training(running_status()), [job(1, "Complete")], [rank0])
+    assert p.status.phase == "Failed"
+    assert p.status.result is None
+    failed = next(c for c in p.status.conditions if c.type == "Failed")
+    assert failed.reason == "NoResult"
+
+
 def test_a_result_in_a_subdirectory_of_the_run_is_taken() -> None:
-    rank0 = succeeded_rank(1, RUN_DIR + "/", model_file="variants/model.int8.onnx")
+    rank0 = succeeded_rank(1, RUN_DIR + "/variants", model_file="model.int8.onnx")
     p = plan(training(running_status()), [job(1, "Complete")], [rank0])
     assert p.status.result is not None
     assert p.status.result.model_uri == RUN_DIR + "/variants/model.int8.onnx"
