@@ -74,7 +74,9 @@ STEADY: dict[str, Any] = {
     "data": {
         "source": {"synthetic": {"samples": 15000, "features": 20, "informative": 8, "classes": 3}}
     },
-    "training": {"epochs": 8, "batchSize": 64, "progressIntervalSeconds": 0.1},
+    # 40 epochs: about a second on an idle machine, so that records every 0.1 s show a pace
+    # (8 epochs ended in 0.2 s with the half-way record as the first after epoch 0).
+    "training": {"epochs": 40, "batchSize": 64, "progressIntervalSeconds": 0.1},
     # Only at the end: fsync latency on a shared disk would make the pace unsteady.
     "checkpoint": {"everyEpochs": 100},
 }
@@ -393,7 +395,9 @@ def test_a_killed_run_resumes_and_ends_with_the_same_metrics(steady: Run, tmp_pa
     reference = steady.metadata()
     assert after.training.world_size == 2 and reference.training.world_size == 1
     assert after.training.resumed_from_epoch is not None and after.training.resumed_from_epoch >= 1
-    assert after.training.epochs_run == reference.training.epochs_run == 8
+    assert (
+        after.training.epochs_run == reference.training.epochs_run == STEADY["training"]["epochs"]
+    )
     # Same seed, same global batch: the same run up to float summation order.
     assert after.metrics.test_loss == pytest.approx(reference.metrics.test_loss, abs=1e-5)
     assert after.metrics.test_accuracy == pytest.approx(
@@ -450,6 +454,7 @@ def test_the_eta_at_half_way_is_honest(steady: Run) -> None:
         if steps(b) > steps(a)
     ]
     before = [r for r in warm if _seconds(r.updated_at) <= _seconds(half.updated_at)]
+    assert before[0] is not half, f"too few records to see a pace: {len(training)}"
     pace_before = (steps(half) - steps(before[0])) / (
         _seconds(half.updated_at) - _seconds(before[0].updated_at)
     )
