@@ -62,7 +62,12 @@ class Objects:
             obj = self.get(plural, name)
             return obj if test(obj) else None
 
-        return wait_until(probe, timeout=timeout, what=what or f"{plural}/{name}")
+        try:
+            return wait_until(probe, timeout=timeout, what=what or f"{plural}/{name}")
+        except TimeoutError as timeout_error:
+            # Say where the object stood, so that a timeout in CI can be read from the log.
+            status = self.get(plural, name).get("status") or {}
+            raise TimeoutError(f"{timeout_error}; its status: {status}") from None
 
     # storage -----------------------------------------------------------------------------
     def models_claim(self) -> None:
