@@ -8,6 +8,11 @@ takes is the global batch's mean: the textbook step, and the same run for any wo
 float summation order. Only the last, partial batch needs care: there each rank's loss is its
 sum scaled by world_size / rows-in-the-global-batch, and the rows that DistributedSampler
 repeats to even out the ranks weigh zero.
+
+Trainer.fit builds the network and runs the epochs; the parts it uses: Batches deals this rank's
+share of each global batch, Step is one optimisation step, TrainState is what the epoch loop
+carries (and what a checkpoint keeps of it), EarlyStopper tracks the best epoch, Pace writes
+the progress records.
 """
 
 from __future__ import annotations
