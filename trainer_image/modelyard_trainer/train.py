@@ -8,6 +8,11 @@ takes is the global batch's mean: the textbook step, and the same run for any wo
 float summation order. Only the last, partial batch needs care: there each rank's loss is its
 sum scaled by world_size / rows-in-the-global-batch, and the rows that DistributedSampler
 repeats to even out the ranks weigh zero.
+
+Trainer.fit builds the network and runs the epochs; the parts it uses: Batches deals this rank's
+share of each global batch, Step is one optimisation step, TrainState is what the epoch loop
+carries (and what a checkpoint keeps of it), EarlyStopper tracks the best epoch, Pace writes
+the progress records.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +114,233 @@ def _optimizer(config: TrainerConfig, parameters: Any) -> torch.optim.Optimizer:
 
 
 @dataclass
+class EarlyStopper:
+    """Tracks the best epoch of a watched validation metric and counts the epochs since.
+
+    `patience` None never stops: the best epoch is still reported. The best value is kept
+    with a sign that makes lower better, as checkpoints store it.
+    """
+
+    metric: str  # "val_loss" or "val_accuracy"
+    min_delta: float
+    patience: int | None
+    best_value: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+
+    def update(self, epoch: int, validation: dict[str, float]) -> bool:
+        """Takes the metrics after `epoch` (1-based); True when they are a new best.
+
+        An epoch without the metric (no validation rows) neither improves nor counts as bad.
+        """
+        watched = validation.get(self.metric)
+        if watched is None:
+            return False
+        value = -watched if self.metric == "val_accuracy" else watched
+        if self.best_value is None or value < self.best_value - self.min_delta:
+            self.best_value, self.best_epoch, self.bad_epochs = value, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def enabled(self) -> bool:
+        return self.patience is not None
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.bad_epochs >= self.patience
+
+
+@dataclass
+class TrainState:
+    """What the epoch loop carries from one epoch to the next."""
+
+    stopper: EarlyStopper
+    epoch: int = 0  # epochs done
+    history: list[dict[str, Any]] = field(default_factory=list)
+    # The best epoch's weights, kept on CPU when early stopping is on (restored at the end).
+    best_state: dict[str, torch.Tensor] | None = None
+    resumed_from: int | None = None
+    trained_rows: int = 0  # rows trained in this attempt, for the pace
+    stopped_early: bool = False
+
+    @classmethod
+    def resumed(cls, checkpoint: dict[str, Any], stopper: EarlyStopper) -> TrainState:
+        stopper.best_value = checkpoint["best_value"]
+        stopper.best_epoch = checkpoint["best_epoch"]
+        stopper.bad_epochs = int(checkpoint["bad_epochs"])
+        epoch = int(checkpoint["epoch"])
+        return cls(
+            stopper=stopper,
+            epoch=epoch,
+            history=list(checkpoint["history"]),
+            best_state=checkpoint["best_state"],
+            resumed_from=epoch,
+        )
+
+    @property
+    def last_validation(self) -> dict[str, float]:
+        return dict(self.history[-1]["validation"]) if self.history else {}
+
+    def end_epoch(
+        self, train_loss: float, validation: dict[str, float], network: nn.Module
+    ) -> None:
+        self.epoch += 1
+        self.history.append(
+            {"epoch": self.epoch, "train_loss": train_loss, "validation": validation}
+        )
+        if self.stopper.update(self.epoch, validation) and self.stopper.enabled:
+            self.best_state = {
+                key: tensor.detach().cpu().clone() for key, tensor in network.state_dict().items()
+            }
+
+    def checkpoint_fields(self) -> dict[str, Any]:
+        """The part of a checkpoint that `resumed` reads back."""
+        return {
+            "epoch": self.epoch,
+            "history": self.history,
+            "best_value": self.stopper.best_value,
+            "best_epoch": self.stopper.best_epoch,
+            "best_state": self.best_state,
+            "bad_epochs": self.stopper.bad_epochs,
+        }
+
+
+class Step:
+    """One optimisation step: forward, loss, backward, gradient clipping, optimizer.
+
+    Mixed precision is one code path: with it off (or off CUDA) autocast and the GradScaler
+    are no-ops and the step is the plain PyTorch one. On CUDA it autocasts to bfloat16 where
+    the device has it (no scaling needed), else to float16 with loss scaling.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        device: torch.device,
+        mixed_precision: bool,
+        clip_norm: float | None,
+    ) -> None:
+        self.model = model  # the DDP wrapper when distributed: its backward averages gradients
+        self.optimizer = optimizer
+        self.device_type = device.type
+        self.amp = mixed_precision and device.type == "cuda"
+        bf16 = self.amp and torch.cuda.is_bf16_supported()
+        self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and not bf16)
+        self.clip_norm = clip_norm
+
+    def __call__(
+        self, features: torch.Tensor, loss_of: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """Trains on one batch; returns its loss, detached."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.amp):
+            output = self.model(features)
+        loss = loss_of(output)
+        self.scaler.scale(loss).backward()
+        if self.clip_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach()
+
+
+@dataclass
+class Batch:
+    features: torch.Tensor  # this rank's rows of the global batch
+    target: torch.Tensor
+    rows: int  # rows in the global batch
+    # Only on the last, partial batch: 1 for a real row, 0 for DistributedSampler's repeats.
+    weights: torch.Tensor | None = None
+
+
+class Batches:
+    """This rank's share of each global batch of an epoch (see the module docstring)."""
+
+    def __init__(self, part: EncodedPart, context: DistContext, global_batch: int, seed: int):
+        self.part = part
+        self.device = context.device
+        self.global_batch = global_batch
+        self.local_batch = global_batch // context.world_size
+        rows = len(part)
+        self.sampler: DistributedSampler[int] = DistributedSampler(
+            range(rows),  # type: ignore[arg-type]
+            num_replicas=context.world_size,
+            rank=context.rank,
+            shuffle=True,
+            seed=seed,
+            drop_last=False,
+        )
+        local_rows = self.sampler.num_samples
+        self.steps = math.ceil(local_rows / self.local_batch)
+        # Position p of this rank's list is position rank + p * world_size of the padded
+        # permutation; positions past the real rows are DistributedSampler's repeats.
+        padded_position = context.rank + torch.arange(local_rows) * context.world_size
+        self.real_row = (padded_position < rows).to(device=self.device, dtype=torch.float32)
+        # Only the last step can hold fewer than a full global batch.
+        self.partial_rows = rows % global_batch
+        self.partial_step = self.steps - 1 if self.partial_rows else -1
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        self.sampler.set_epoch(epoch)
+        order = torch.tensor(list(self.sampler), dtype=torch.long, device=self.device)
+        for step in range(self.steps):
+            begin = step * self.local_batch
+            indices = order[begin : begin + self.local_batch]
+            features = self.part.features[indices]
+            target = self.part.target[indices]
+            if step == self.partial_step:
+                weights = self.real_row[begin : begin + len(indices)]
+                yield Batch(features, target, self.partial_rows, weights)
+            else:
+                yield Batch(features, target, self.global_batch)
+
+
+class Pace:
+    """Progress records: position, pace and ETA of this attempt."""
+
+    def __init__(
+        self, identity: RunIdentity, epochs: int, steps_per_epoch: int, world_size: int, start: int
+    ) -> None:
+        self.identity = identity
+        self.epochs = epochs
+        self.steps_per_epoch = steps_per_epoch
+        self.world_size = world_size
+        self.total_steps = epochs * steps_per_epoch
+        self.clock = time.monotonic
+        self.eta = EtaEstimator(self.total_steps, start * steps_per_epoch, self.clock)
+        self.started = self.clock()
+
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+    def record(
+        self, state: TrainState, epoch_done: int, step: int, loss: float | None
+    ) -> ProgressRecord:
+        done = epoch_done * self.steps_per_epoch + step
+        elapsed = self.elapsed()
+        return ProgressRecord(
+            generation=self.identity.generation,
+            attempt=self.identity.attempt,
+            stage="Training",
+            epoch=epoch_done,
+            epochs=self.epochs,
+            step=step,
+            steps_per_epoch=self.steps_per_epoch,
+            percent=min(100.0, 100.0 * done / self.total_steps),
+            loss=loss,
+            validation=state.last_validation,
+            samples_per_second=state.trained_rows / elapsed if elapsed > 0 else None,
+            eta_seconds=self.eta.eta(done),
+            world_size=self.world_size,
+        )
+
+
+@dataclass
 class TrainOutcome:
     network: nn.Module  # unwrapped, best weights when early stopping restored them
     epochs_run: int
@@ -148,7 +381,6 @@ class Trainer:
                 f"training.batchSize: {batch} is not divisible by the world size "
                 f"{context.world_size} (the batch is global and split evenly)"
             )
-        self.local_batch = batch // context.world_size
 
     def _mean_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         output = output.float()
@@ -183,224 +415,152 @@ class Trainer:
             metrics["val_accuracy"] = correct / len(part)
         return metrics
 
+    def _batch_loss(self, batch: Batch, output: torch.Tensor) -> torch.Tensor:
+        if batch.weights is None:
+            return self._mean_loss(output, batch.target)
+        row_sum = (self._loss_per_row(output, batch.target) * batch.weights).sum()
+        return row_sum * (self.context.world_size / batch.rows)
+
+    def _stopper(self) -> EarlyStopper:
+        early = self.config.training.early_stopping
+        if not early.enabled:
+            # Still the best epoch by validation loss, for the result.
+            return EarlyStopper("val_loss", 0.0, None)
+        return EarlyStopper(early.metric, early.min_delta, early.patience)
+
     def fit(self, resume: dict[str, Any] | None) -> TrainOutcome:
         config = self.config
         training = config.training
-        context = self.context
-        device = context.device
+        device = self.context.device
         seed_everything(training.seed)
 
         spec = self.dataset.spec
         train = encode_part(spec, self.dataset.train, device)
         validation = encode_part(spec, self.dataset.validation, device)
-        rows = len(train)
 
         network = build_network(config.model, spec.encoded_width, spec.outputs).to(device)
         optimizer = _optimizer(config, network.parameters())
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
-        amp = training.mixed_precision and device.type == "cuda"
-        amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
-        scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
-
-        start_epoch = 0
-        history: list[dict[str, Any]] = []
-        early = training.early_stopping
-        best_value: float | None = None
-        best_epoch: int | None = None
-        best_state: dict[str, torch.Tensor] | None = None
-        bad_epochs = 0
-        resumed_from: int | None = None
+        state = TrainState(self._stopper())
         if resume is not None:
             network.load_state_dict(resume["model"])
             optimizer.load_state_dict(resume["optimizer"])
             scheduler.load_state_dict(resume["scheduler"])
-            if resume["scaler"]:
-                scaler.load_state_dict(resume["scaler"])
             restore_rng_state(resume["rng"])
-            start_epoch = resumed_from = int(resume["epoch"])
-            history = list(resume["history"])
-            best_value = resume["best_value"]
-            best_epoch = resume["best_epoch"]
-            best_state = resume["best_state"]
-            bad_epochs = int(resume["bad_epochs"])
-            log.info("resuming after epoch %d", start_epoch)
+            state = TrainState.resumed(resume, state.stopper)
+            log.info("resuming after epoch %d", state.epoch)
 
         model: nn.Module = network
-        if context.distributed:
+        if self.context.distributed:
             model = DistributedDataParallel(
                 network, device_ids=[device] if device.type == "cuda" else None
             )
         model.train()
+        step = Step(model, optimizer, device, training.mixed_precision, training.gradient_clip_norm)
+        if resume is not None and resume["scaler"]:
+            step.scaler.load_state_dict(resume["scaler"])
 
-        sampler: DistributedSampler[int] = DistributedSampler(
-            range(rows),  # type: ignore[arg-type]
-            num_replicas=context.world_size,
-            rank=context.rank,
-            shuffle=True,
-            seed=training.seed,
-            drop_last=False,
+        batches = Batches(train, self.context, training.batch_size, training.seed)
+        pace = Pace(
+            self.identity, training.epochs, batches.steps, self.context.world_size, state.epoch
         )
-        local_rows = sampler.num_samples
-        steps_per_epoch = math.ceil(local_rows / self.local_batch)
-        # Position p of this rank's list is position rank + p * world_size of the padded
-        # permutation; positions past the real rows are DistributedSampler's repeats.
-        padded_position = context.rank + torch.arange(local_rows) * context.world_size
-        real_row = (padded_position < rows).to(device=device, dtype=torch.float32)
-        global_batch = training.batch_size
-        # Only the last step can hold fewer than a full global batch.
-        partial_step = steps_per_epoch - 1 if rows % global_batch else -1
-        partial_rows = rows % global_batch
-        world_size = context.world_size
-
-        clock = time.monotonic
-        total_steps = training.epochs * steps_per_epoch
-        eta = EtaEstimator(total_steps, start_epoch * steps_per_epoch, clock)
-        started = clock()
         cpu_started = time.process_time()
-        trained_rows = 0
-        epoch = start_epoch
-        stopped_early = False
-        last_validation: dict[str, float] = dict(history[-1]["validation"]) if history else {}
-        watched_metric = early.metric if early.enabled else "val_loss"
-        sign = -1.0 if watched_metric == "val_accuracy" else 1.0
-        min_delta = early.min_delta if early.enabled else 0.0
-
-        def progress(epoch_done: int, step: int, loss: float | None) -> ProgressRecord:
-            done = epoch_done * steps_per_epoch + step
-            elapsed = clock() - started
-            return ProgressRecord(
-                generation=self.identity.generation,
-                attempt=self.identity.attempt,
-                stage="Training",
-                epoch=epoch_done,
-                epochs=training.epochs,
-                step=step,
-                steps_per_epoch=steps_per_epoch,
-                percent=min(100.0, 100.0 * done / total_steps),
-                loss=loss,
-                validation=last_validation,
-                samples_per_second=trained_rows / elapsed if elapsed > 0 else None,
-                eta_seconds=eta.eta(done),
-                world_size=world_size,
-            )
-
-        for epoch in range(start_epoch, training.epochs):
+        for epoch in range(state.epoch, training.epochs):
             # Per-epoch seeds: dropout draws do not depend on what earlier epochs (or an
             # interrupted attempt, or another world size) consumed, so a resume is exact.
-            torch.manual_seed(training.seed * 1_000_003 + epoch * 1009 + context.rank)
-            sampler.set_epoch(epoch)
-            order = torch.tensor(list(sampler), dtype=torch.long, device=device)
-            loss_sum = torch.zeros((), dtype=torch.float32, device=device)
-            for step in range(steps_per_epoch):
-                begin = step * self.local_batch
-                indices = order[begin : begin + self.local_batch]
-                features = train.features[indices]
-                target = train.target[indices]
-                optimizer.zero_grad(set_to_none=True)
-                if amp:
-                    with torch.autocast(device.type, dtype=amp_dtype):
-                        output = model(features)
-                else:
-                    output = model(features)
-                if step == partial_step:
-                    weights = real_row[begin : begin + len(indices)]
-                    row_sum = (self._loss_per_row(output, target) * weights).sum()
-                    loss = row_sum * (world_size / partial_rows)
-                else:
-                    loss = self._mean_loss(output, target)
-                if scaler.is_enabled():
-                    scaler.scale(loss).backward()
-                    if training.gradient_clip_norm is not None:
-                        scaler.unscale_(optimizer)
-                        nn.utils.clip_grad_norm_(network.parameters(), training.gradient_clip_norm)
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    if training.gradient_clip_norm is not None:
-                        nn.utils.clip_grad_norm_(network.parameters(), training.gradient_clip_norm)
-                    optimizer.step()
-                loss_sum += loss.detach()
-                trained_rows += partial_rows if step == partial_step else global_batch
-                if self.reporter.due():
-                    # Rank 0's own running mean: cheap, and close enough mid-epoch.
-                    self.reporter.report(progress(epoch, step + 1, float(loss_sum) / (step + 1)))
-
-            # The mean over the epoch's global batches of their mean loss, on every rank alike.
-            totals = all_reduce_sum(context, loss_sum.reshape(1).clone())
-            train_loss = float(totals[0]) / (world_size * steps_per_epoch)
-            if not math.isfinite(train_loss) or train_loss > training.divergence_threshold:
-                raise LossDiverged(
-                    f"training loss {train_loss:.6g} at epoch {epoch + 1} is "
-                    + (
-                        "not finite"
-                        if not math.isfinite(train_loss)
-                        else f"above training.divergenceThreshold {training.divergence_threshold:g}"
-                    )
-                    + "; lower training.optimizer.learningRate or set training.gradientClipNorm"
-                )
+            torch.manual_seed(training.seed * 1_000_003 + epoch * 1009 + self.context.rank)
+            train_loss = self._train_epoch(state, batches, step, pace)
             scheduler.step()
-            last_validation = self._validate(network, validation)
-            history.append(
-                {"epoch": epoch + 1, "train_loss": train_loss, "validation": last_validation}
-            )
-
-            watched = last_validation.get(watched_metric)
-            if watched is not None:
-                value = sign * watched
-                if best_value is None or value < best_value - min_delta:
-                    best_value, best_epoch, bad_epochs = value, epoch + 1, 0
-                    if early.enabled:
-                        best_state = {
-                            key: tensor.detach().cpu().clone()
-                            for key, tensor in network.state_dict().items()
-                        }
-                else:
-                    bad_epochs += 1
-            stop = early.enabled and bad_epochs >= early.patience
-            last = epoch + 1 == training.epochs or stop
-            if self.checkpoint_dir is not None and (
-                (epoch + 1) % config.checkpoint.every_epochs == 0 or last
-            ):
-                saved = save_checkpoint(
-                    self.checkpoint_dir,
-                    epoch + 1,
-                    {
-                        "epoch": epoch + 1,
-                        "model": network.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "history": history,
-                        "best_value": best_value,
-                        "best_epoch": best_epoch,
-                        "best_state": best_state,
-                        "bad_epochs": bad_epochs,
-                        "rng": rng_state(),
-                        "preprocessing": spec.to_dict(),
-                        "world_size": world_size,
-                        "config_digest": self.config_digest,
-                    },
-                    config.checkpoint.keep,
-                )
-                if self.checkpoint_saved is not None:
-                    self.checkpoint_saved(saved)
-            eta.epoch_done((epoch + 1) * steps_per_epoch)
+            state.end_epoch(train_loss, self._validate(network, validation), network)
+            if self._checkpoint_due(state):
+                self._save_checkpoint(state, network, optimizer, scheduler, step.scaler)
+            pace.eta.epoch_done(state.epoch * batches.steps)
             if self.reporter.due():
-                self.reporter.report(progress(epoch + 1, 0, train_loss))
-            if stop:
-                stopped_early = True
-                log.info("early stopping after epoch %d (best epoch %s)", epoch + 1, best_epoch)
+                self.reporter.report(pace.record(state, state.epoch, 0, train_loss))
+            if state.stopper.should_stop:
+                state.stopped_early = True
+                log.info(
+                    "early stopping after epoch %d (best epoch %s)",
+                    state.epoch,
+                    state.stopper.best_epoch,
+                )
                 break
+        return self._outcome(state, network, pace, time.process_time() - cpu_started)
 
-        duration = clock() - started
-        cpu_seconds = time.process_time() - cpu_started
-        if early.enabled and best_state is not None:
-            network.load_state_dict(best_state)
+    def _train_epoch(self, state: TrainState, batches: Batches, step: Step, pace: Pace) -> float:
+        """Trains epoch `state.epoch`; returns the mean over its global batches of their mean
+        loss, the same on every rank."""
+        loss_sum = torch.zeros((), dtype=torch.float32, device=self.context.device)
+        for done, batch in enumerate(batches.epoch(state.epoch), start=1):
+            loss_sum += step(batch.features, partial(self._batch_loss, batch))
+            state.trained_rows += batch.rows
+            if self.reporter.due():
+                # Rank 0's own running mean: cheap, and close enough mid-epoch.
+                self.reporter.report(pace.record(state, state.epoch, done, float(loss_sum) / done))
+        totals = all_reduce_sum(self.context, loss_sum.reshape(1).clone())
+        train_loss = float(totals[0]) / (self.context.world_size * batches.steps)
+        self._check_divergence(train_loss, state.epoch + 1)
+        return train_loss
+
+    def _check_divergence(self, train_loss: float, epoch: int) -> None:
+        threshold = self.config.training.divergence_threshold
+        if math.isfinite(train_loss) and train_loss <= threshold:
+            return
+        cause = (
+            "not finite"
+            if not math.isfinite(train_loss)
+            else f"above training.divergenceThreshold {threshold:g}"
+        )
+        raise LossDiverged(
+            f"training loss {train_loss:.6g} at epoch {epoch} is {cause}"
+            "; lower training.optimizer.learningRate or set training.gradientClipNorm"
+        )
+
+    def _checkpoint_due(self, state: TrainState) -> bool:
+        if self.checkpoint_dir is None:
+            return False
+        last = state.epoch == self.config.training.epochs or state.stopper.should_stop
+        return state.epoch % self.config.checkpoint.every_epochs == 0 or last
+
+    def _save_checkpoint(
+        self,
+        state: TrainState,
+        network: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        scaler: torch.amp.GradScaler,
+    ) -> None:
+        assert self.checkpoint_dir is not None
+        saved = save_checkpoint(
+            self.checkpoint_dir,
+            state.epoch,
+            {
+                **state.checkpoint_fields(),
+                "model": network.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": rng_state(),
+                "preprocessing": self.dataset.spec.to_dict(),
+                "world_size": self.context.world_size,
+                "config_digest": self.config_digest,
+            },
+            self.config.checkpoint.keep,
+        )
+        if self.checkpoint_saved is not None:
+            self.checkpoint_saved(saved)
+
+    def _outcome(
+        self, state: TrainState, network: nn.Module, pace: Pace, cpu_seconds: float
+    ) -> TrainOutcome:
+        duration = pace.elapsed()
+        if state.stopper.enabled and state.best_state is not None:
+            network.load_state_dict(state.best_state)
         network.eval()
-        epochs_run = len(history)
+        epochs_run = len(state.history)
+        final_loss = state.history[-1]["train_loss"] if state.history else None
         self.reporter.report(
-            progress(epochs_run, 0, history[-1]["train_loss"] if history else None).model_copy(
+            pace.record(state, epochs_run, 0, final_loss).model_copy(
                 update={"percent": 100.0, "eta_seconds": 0.0}
             ),
             force=True,
@@ -408,14 +568,14 @@ class Trainer:
         return TrainOutcome(
             network=network,
             epochs_run=epochs_run,
-            best_epoch=best_epoch,
-            stopped_early=stopped_early,
-            resumed_from_epoch=resumed_from,
+            best_epoch=state.stopper.best_epoch,
+            stopped_early=state.stopped_early,
+            resumed_from_epoch=state.resumed_from,
             duration_seconds=duration,
             cpu_seconds=cpu_seconds,
-            samples_per_second=trained_rows / duration if duration > 0 else 0.0,
-            final_validation=last_validation,
-            history=history,
+            samples_per_second=state.trained_rows / duration if duration > 0 else 0.0,
+            final_validation=state.last_validation,
+            history=state.history,
         )
 
 
