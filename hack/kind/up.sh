@@ -119,7 +119,35 @@ else
   "$kind" create cluster --name "$cluster" --image "$node_image" --config "$here/cluster.yaml" \
     --wait 2m
 fi
-"$K8S_BIN_DIR/kubectl" wait --for=condition=Ready node --all --timeout=180s >/dev/null
-"$K8S_BIN_DIR/kubectl" get nodes -o wide >&2
+
+kubectl() { "$K8S_BIN_DIR/kubectl" "$@"; }
+
+# routes_current: on every node, the route to each other node's podCIDR goes via that node's
+# address now (hack/kind/cni.yaml rewrites them every 10 s; an engine restart renumbers the
+# nodes, and until then pods reach no pod on another node, CoreDNS included).
+routes_current() {
+  local rows r s name cidr ip
+  mapfile -t rows < <(kubectl get nodes -o jsonpath='{range .items[*]}{.metadata.name} {.spec.podCIDR}{"\n"}{end}')
+  ((${#rows[@]} == 3)) || return 1
+  for r in "${rows[@]}"; do
+    for s in "${rows[@]}"; do
+      [[ "$r" != "$s" ]] || continue
+      read -r name cidr <<<"$s"
+      [[ -n "$cidr" ]] || return 1
+      ip="$(docker inspect -f '{{(index .NetworkSettings.Networks "kind").IPAddress}}' "$name")"
+      docker exec "${r%% *}" ip route show "$cidr" | grep -q " via $ip " || return 1
+    done
+  done
+}
+
+# Ready means serving: the API (RBAC loaded: right after a restart it refuses the admin),
+# the nodes, the routes between them, and kube-system's pods (CoreDNS) on those routes.
+for _ in $(seq 90); do kubectl get --raw /readyz >/dev/null 2>&1 && break; sleep 2; done
+kubectl get --raw /readyz >/dev/null
+kubectl wait --for=condition=Ready node --all --timeout=180s >/dev/null
+for _ in $(seq 60); do routes_current && break; sleep 2; done
+routes_current || die "routes between the nodes' pod networks not set after 120 s (kind-routes pods)"
+kubectl -n kube-system wait --for=condition=Ready pod --all --timeout=180s >/dev/null
+kubectl get nodes -o wide >&2
 log "cluster $cluster ready in $((SECONDS - t))s (kind-up $((SECONDS - start))s)"
 log "export KUBECONFIG=$KUBECONFIG DOCKER_HOST=$DOCKER_HOST"
