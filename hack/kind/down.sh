@@ -2,14 +2,14 @@
 # `make kind-down`: deletes the kind cluster of hack/kind/up.sh and stops kind's Docker engine.
 # The cached binaries and the engine's images stay (a later kind-up starts from them).
 #
-# Usage: hack/kind/down.sh     Environment: KIND_VERSION (0.33.0), KIND_CLUSTER (modelyard)
+# Usage: hack/kind/down.sh     Environment: KIND_CLUSTER (modelyard)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
-
-kind_version="${KIND_VERSION:-0.33.0}"
+# shellcheck source=version.env
+source "$HACK_DIR/kind/version.env"
 cluster="${KIND_CLUSTER:-modelyard}"
 here="$HACK_DIR/kind"
-kind="$(modelyard_cache_root)/kind/$kind_version/bin/kind"
+kind="$(modelyard_cache_root)/kind/$KIND_VERSION/bin/kind"
 state="$REPO_ROOT/.cluster-kind"
 
 if [[ -x "$kind" && -x "$("$here/engine.sh" cli)" ]]; then

@@ -12,12 +12,11 @@
 # A second run reuses the running cluster (and starts its stopped nodes). The kubeconfig is
 # .cluster-kind/kubeconfig (KUBECONFIG is set for kind: ~/.kube/config is never written).
 #
-# Usage: hack/kind/up.sh     Environment: KIND_VERSION (0.33.0), KIND_CLUSTER (modelyard)
+# Usage: hack/kind/up.sh     Environment: KIND_CLUSTER (modelyard)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
-
-# The newest kind the Go module proxy serves; it runs the 1.34 node image on cgroup v1.
-export KIND_VERSION="${KIND_VERSION:-0.33.0}"
+# shellcheck source=version.env
+source "$HACK_DIR/kind/version.env"
 cluster="${KIND_CLUSTER:-modelyard}"
 here="$HACK_DIR/kind"
 cache="$(modelyard_cache_root)/kind"
@@ -99,6 +98,14 @@ if ! have_image "$node_image"; then
   rm -rf "$work" # the image archive alone is > 1 GB
 fi
 log "node image $node_image ready in $((SECONDS - t))s"
+# Images of older hashes would pile up in the engine's data root (1.3 GB per node image).
+# An image a cluster still runs is refused by `docker rmi` and stays.
+for old in $(docker images --format '{{.Repository}}:{{.Tag}}' modelyard.local/kind-node) \
+  $(docker images --format '{{.Repository}}:{{.Tag}}' modelyard.local/kind-base); do
+  if [[ "$old" != "$node_image" && "$old" != "$base_image" ]]; then
+    docker rmi "$old" >/dev/null 2>&1 || log "kept $old (in use)"
+  fi
+done
 
 # ------------------------------------------------------------------- cluster
 export KUBECONFIG="$state/kubeconfig"
