@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 
 .PHONY: install lint shellcheck typecheck test test-unit test-integration crds demo demo-local \
-	kind-demo cluster-up cluster-down k8s-binaries bench-server bench-trainer bench-operator-scale \
+	kind-demo kind-up kind-down cluster-up cluster-down k8s-binaries bench-server bench-trainer bench-operator-scale \
 	bench-operator-churn bench-operator-watch-cost images prometheus \
 	deploy-manifests node-binaries node-up node-down host-packages real-cluster-up \
 	real-cluster-down test-e2e s3-server clean
@@ -105,6 +105,12 @@ demo: install real-cluster-up  ## the main job: a model's whole life on the real
 
 demo-local: install  ## the same without Kubernetes: torchrun, the server, an OIP client
 	$(PY) hack/demo_local.py
+
+kind-up:  ## kind: 1 control plane + 2 workers, built here (KUBECONFIG=.cluster-kind/kubeconfig)
+	nice -n 19 hack/kind/up.sh
+
+kind-down:  ## delete the kind cluster, stop kind's Docker engine (the caches stay)
+	hack/kind/down.sh
 
 kind-demo: install  ## the demo on a kind cluster (Docker, kind, kubectl, helm, internet)
 	hack/kind-demo.sh

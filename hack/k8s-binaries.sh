@@ -6,11 +6,14 @@
 # internet access it downloads the official release binaries instead.
 # Idempotent: a stamp keyed by the versions makes a second run a no-op; a second stamp keyed
 # by helm's own recipe rebuilds helm alone when only that recipe changed.
+# With --kubeadm it also builds kubeadm (kind's node image needs it), as a step of its own
+# with its own stamp: adding it never rebuilds (or invalidates) the binaries above.
 #
-# Usage: hack/k8s-binaries.sh [--print-bin-dir | --check | --force]
+# Usage: hack/k8s-binaries.sh [--print-bin-dir | --check | --force | --kubeadm]...
 #   --print-bin-dir  print the bin directory and exit
 #   --check          exit 0 when the binaries are built and current, 1 otherwise
 #   --force          rebuild even when the stamp says the binaries are current
+#   --kubeadm        kubeadm too (with --check: check it too)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -19,16 +22,20 @@ RECIPE_VERSION=1
 # Bump when only helm's recipe changes: rebuilds helm alone, not Kubernetes.
 # 2: helm's default Kubernetes version set as upstream sets it (1.20 before).
 HELM_RECIPE_VERSION=2
+# Bump when only kubeadm's recipe changes: rebuilds kubeadm alone.
+KUBEADM_RECIPE_VERSION=1
 BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy kwok helm)
 K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
 
 force=0
 check=0
+kubeadm=0
 for arg in "$@"; do
   case "$arg" in
     --print-bin-dir) printf '%s\n' "$K8S_BIN_DIR"; exit 0 ;;
     --check) check=1 ;;
     --force) force=1 ;;
+    --kubeadm) kubeadm=1 ;;
     *) die "unknown argument: $arg" ;;
   esac
 done
@@ -47,6 +54,9 @@ stamp_key="$({
 stamp_file="$K8S_CACHE_DIR/stamp"
 helm_stamp_key="helm=$HELM_VERSION recipe=$HELM_RECIPE_VERSION platform=$goos/$goarch"
 helm_stamp_file="$K8S_CACHE_DIR/helm.stamp"
+# kubeadm is built from the same Kubernetes module: keyed on the main stamp as well.
+kubeadm_stamp_key="k8s=$stamp_key recipe=$KUBEADM_RECIPE_VERSION"
+kubeadm_stamp_file="$K8S_CACHE_DIR/kubeadm.stamp"
 
 all_present() {
   local b
@@ -60,9 +70,16 @@ all_but_helm_current() {
   [[ $force -eq 0 ]] && all_present && stamp_is "$stamp_file" "$stamp_key"
 }
 
-up_to_date() {
+main_up_to_date() {
   all_but_helm_current && stamp_is "$helm_stamp_file" "$helm_stamp_key"
 }
+
+kubeadm_up_to_date() {
+  ((!kubeadm)) || { [[ $force -eq 0 && -x "$K8S_BIN_DIR/kubeadm" ]] &&
+    stamp_is "$kubeadm_stamp_file" "$kubeadm_stamp_key"; }
+}
+
+up_to_date() { main_up_to_date && kubeadm_up_to_date; }
 
 if [[ $check -eq 1 ]]; then
   up_to_date
@@ -110,8 +127,10 @@ go_build_env() {
 # Wrapper module for k8s.io/kubernetes: its go.mod points the staging modules at
 # ./staging/src/..., which only works inside its own repository, so we repeat each of
 # those replace lines with the matching published v0.x release.
+# write_kubernetes_module DIR CMD...: the wrapper module with CMD... as its tools.
 write_kubernetes_module() {
   local dir="$1" k8s_mod staging
+  shift
   k8s_mod="$(go mod download -json "k8s.io/kubernetes@v$K8S_VERSION" | sed -n 's/^\s*"GoMod": "\(.*\)",$/\1/p')"
   [[ -f "$k8s_mod" ]] || die "could not download k8s.io/kubernetes@v$K8S_VERSION"
   staging="$(sed -n 's#^\s*\(k8s\.io/[a-z0-9-]*\) => \./staging/src/.*#\1#p' "$k8s_mod")"
@@ -131,7 +150,7 @@ write_kubernetes_module() {
     echo
     echo "tool ("
     local c
-    for c in "${K8S_CMDS[@]}"; do echo "	k8s.io/kubernetes/cmd/$c"; done
+    for c in "$@"; do echo "	k8s.io/kubernetes/cmd/$c"; done
     echo ")"
   } >"$dir/go.mod"
 }
@@ -167,19 +186,7 @@ build_from_source() {
 
   t=$SECONDS
   log "kubernetes v$K8S_VERSION: resolving modules"
-  write_kubernetes_module "$src/kubernetes"
-  (cd "$src/kubernetes" && go mod tidy)
-  local pkgs=() c vpkg ldflags
-  for c in "${K8S_CMDS[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
-  # The same version stamps that the upstream release build sets (hack/lib/version.sh).
-  ldflags="-s -w"
-  for vpkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ldflags+=" -X $vpkg.gitVersion=v$K8S_VERSION -X $vpkg.gitMajor=${K8S_VERSION%%.*}"
-    ldflags+=" -X $vpkg.gitMinor=$(cut -d. -f2 <<<"$K8S_VERSION") -X $vpkg.gitTreeState=clean"
-    ldflags+=" -X $vpkg.buildDate=1970-01-01T00:00:00Z"
-  done
-  log "kubernetes v$K8S_VERSION: building ${K8S_CMDS[*]} (one go build, shared packages)"
-  (cd "$src/kubernetes" && go build -trimpath -ldflags "$ldflags" -o "$staging/" "${pkgs[@]}")
+  build_kubernetes "$src/kubernetes" "${K8S_CMDS[@]}"
   log "kubernetes built in $((SECONDS - t))s"
 
   # kwok and helm have no replace lines, so `go install mod@version` builds each
@@ -192,6 +199,40 @@ build_from_source() {
   log "kwok built in $((SECONDS - t))s"
 
   build_helm
+}
+
+# build_kubernetes SRC_DIR CMD...: the commands of k8s.io/kubernetes, in one go build (shared
+# packages), into $staging.
+build_kubernetes() {
+  local dir="$1" pkgs=() c vpkg ldflags
+  shift
+  mkdir -p "$dir"
+  write_kubernetes_module "$dir" "$@"
+  (cd "$dir" && go mod tidy)
+  for c in "$@"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+  # The same version stamps that the upstream release build sets (hack/lib/version.sh).
+  ldflags="-s -w"
+  for vpkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $vpkg.gitVersion=v$K8S_VERSION -X $vpkg.gitMajor=${K8S_VERSION%%.*}"
+    ldflags+=" -X $vpkg.gitMinor=$(cut -d. -f2 <<<"$K8S_VERSION") -X $vpkg.gitTreeState=clean"
+    ldflags+=" -X $vpkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  log "kubernetes v$K8S_VERSION: building $*"
+  (cd "$dir" && go build -trimpath -ldflags "$ldflags" -o "$staging/" "${pkgs[@]}")
+}
+
+# kubeadm in a wrapper module of its own (its src dir too): the main build's module and
+# stamp stay as they are.
+build_kubeadm() {
+  local t=$SECONDS
+  build_kubernetes "$K8S_CACHE_DIR/src/kubeadm" kubeadm
+  log "kubeadm built in $((SECONDS - t))s"
+}
+
+download_kubeadm() {
+  log "downloading kubeadm v$K8S_VERSION"
+  curl -fsSL -o "$staging/kubeadm" "https://dl.k8s.io/release/v$K8S_VERSION/bin/$goos/$goarch/kubeadm"
+  chmod +x "$staging/kubeadm"
 }
 
 # Without a --kube-version flag, helm renders (and lints) for the Kubernetes version set at
@@ -253,20 +294,33 @@ else
   die "need Go >= 1.21 (or internet access to download releases) to get the Kubernetes binaries"
 fi
 
-if all_but_helm_current; then
+built=()
+if main_up_to_date; then
+  main_built=0
+elif all_but_helm_current; then
+  main_built=1
   log "only helm's recipe changed: rebuilding helm alone"
   built=(helm)
   if ((from_source)); then build_helm; else download_helm; fi
 else
+  main_built=1
   built=("${BINARIES[@]}")
   if ((from_source)); then build_from_source; else download_releases; fi
+fi
+if ! kubeadm_up_to_date; then
+  built+=(kubeadm)
+  if ((from_source)); then build_kubeadm; else download_kubeadm; fi
 fi
 
 for b in "${built[@]}"; do [[ -x "$staging/$b" ]] || die "missing $b after build"; done
 mkdir -p "$K8S_BIN_DIR"
+# One rename per binary: a cluster running from this directory never sees it half-written.
 for b in "${built[@]}"; do mv -f "$staging/$b" "$K8S_BIN_DIR/$b"; done
 rmdir "$staging"
-printf '%s\n' "$stamp_key" >"$stamp_file"
-printf '%s\n' "$helm_stamp_key" >"$helm_stamp_file"
+if ((main_built)); then
+  printf '%s\n' "$stamp_key" >"$stamp_file"
+  printf '%s\n' "$helm_stamp_key" >"$helm_stamp_file"
+fi
+if ((kubeadm)); then printf '%s\n' "$kubeadm_stamp_key" >"$kubeadm_stamp_file"; fi
 log "binaries ready in $K8S_BIN_DIR after $((SECONDS - start))s"
 "$K8S_BIN_DIR/kube-apiserver" --version >&2

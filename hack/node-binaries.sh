@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Puts the pinned binaries of a real node, beyond the Kubernetes ones, into the cache:
 #   <cache>/containerd/<CONTAINERD_VERSION>/bin/{containerd,containerd-shim-runc-v2,ctr}
-#   <cache>/cni-plugins/<CNI_PLUGINS_VERSION>/bin/{bridge,host-local,loopback,portmap,firewall}
+#   <cache>/cni-plugins/<CNI_PLUGINS_VERSION>/bin/{bridge,host-local,loopback,portmap,firewall,ptp}
 #   <cache>/crictl/<CRICTL_VERSION>/bin/crictl
 #   <cache>/coredns/<COREDNS_VERSION>/bin/coredns
+#   <cache>/coredns/<COREDNS_VERSION>-kind/bin/coredns (kind's Corefile: hack/kind/coredns/main.go)
 #   <cache>/local-path-provisioner/<LOCAL_PATH_VERSION>/bin/local-path-provisioner
 #   <cache>/metrics-server/<METRICS_SERVER_VERSION>/bin/metrics-server
 # each built from its Go module (versions in hack/versions.env) with the Go module proxy.
@@ -29,23 +30,27 @@ LOCAL_PATH_VERSION="${LOCAL_PATH_VERSION:-0.0.30}"
 METRICS_SERVER_VERSION="${METRICS_SERVER_VERSION:-0.8.0}"
 # The plugins of hack/node/coredns_main.go; the suffix rebuilds when that list changes.
 COREDNS_SUFFIX="+minimal.$(sha256sum "$HACK_DIR/node/coredns_main.go" | cut -c1-12)"
+COREDNS_KIND_SUFFIX="+kind.$(sha256sum "$HACK_DIR/kind/coredns/main.go" | cut -c1-12)"
 CACHE_ROOT="$(modelyard_cache_root)"
 CONTAINERD_DIR="$CACHE_ROOT/containerd/$CONTAINERD_VERSION"
 CNI_DIR="$CACHE_ROOT/cni-plugins/$CNI_PLUGINS_VERSION"
 CRICTL_DIR="$CACHE_ROOT/crictl/$CRICTL_VERSION"
 COREDNS_DIR="$CACHE_ROOT/coredns/$COREDNS_VERSION"
+COREDNS_KIND_DIR="$CACHE_ROOT/coredns/$COREDNS_VERSION-kind"
 LOCAL_PATH_DIR="$CACHE_ROOT/local-path-provisioner/$LOCAL_PATH_VERSION"
 METRICS_SERVER_DIR="$CACHE_ROOT/metrics-server/$METRICS_SERVER_VERSION"
-CNI_PLUGINS=(bridge host-local loopback portmap firewall)
+# ptp: kind's CNI (hack/kind/cni.yaml). A plugin added here is built alone into the current
+# directory (see below): the others, in use by a running node, stay where they are.
+CNI_PLUGINS=(bridge host-local loopback portmap firewall ptp)
 
 force=0
 check=0
 for arg in "$@"; do
   case "$arg" in
     --print-dirs)
-      printf 'CONTAINERD_BIN=%s\nCNI_BIN=%s\nCRICTL_BIN=%s\nCOREDNS_BIN=%s\nLOCAL_PATH_BIN=%s\nMETRICS_SERVER_BIN=%s\n' \
+      printf 'CONTAINERD_BIN=%s\nCNI_BIN=%s\nCRICTL_BIN=%s\nCOREDNS_BIN=%s\nLOCAL_PATH_BIN=%s\nMETRICS_SERVER_BIN=%s\nCOREDNS_KIND_BIN=%s\n' \
         "$CONTAINERD_DIR/bin" "$CNI_DIR/bin" "$CRICTL_DIR/bin" "$COREDNS_DIR/bin" "$LOCAL_PATH_DIR/bin" \
-        "$METRICS_SERVER_DIR/bin"
+        "$METRICS_SERVER_DIR/bin" "$COREDNS_KIND_DIR/bin"
       exit 0
       ;;
     --check) check=1 ;;
@@ -63,11 +68,16 @@ esac
 
 stamp_of() { printf 'version=%s recipe=%s platform=linux/%s\n' "$1" "$RECIPE_VERSION" "$goarch"; }
 
+# stamped DIR VERSION: DIR's stamp matches (its binaries were built by this recipe).
+stamped() {
+  [[ $force -eq 0 && -f "$1/stamp" && "$(cat "$1/stamp")" == "$(stamp_of "$2")" ]]
+}
+
 # current DIR VERSION BINARY...: the stamp matches and every binary is there.
 current() {
   local dir="$1" version="$2" b
   shift 2
-  [[ $force -eq 0 && -f "$dir/stamp" && "$(cat "$dir/stamp")" == "$(stamp_of "$version")" ]] || return 1
+  stamped "$dir" "$version" || return 1
   for b in "$@"; do [[ -x "$dir/bin/$b" ]] || return 1; done
 }
 
@@ -76,6 +86,7 @@ all_current() {
     current "$CNI_DIR" "$CNI_PLUGINS_VERSION" "${CNI_PLUGINS[@]}" &&
     current "$CRICTL_DIR" "$CRICTL_VERSION" crictl &&
     current "$COREDNS_DIR" "$COREDNS_VERSION$COREDNS_SUFFIX" coredns &&
+    current "$COREDNS_KIND_DIR" "$COREDNS_VERSION$COREDNS_KIND_SUFFIX" coredns &&
     current "$LOCAL_PATH_DIR" "$LOCAL_PATH_VERSION" local-path-provisioner &&
     current "$METRICS_SERVER_DIR" "$METRICS_SERVER_VERSION+k8s$K8S_STAGING_VERSION" metrics-server
 }
@@ -103,6 +114,8 @@ start=$SECONDS
 # containerd's go.mod has exclude lines, which `go install m@v` refuses; the wrapper
 # repeats them so that the build resolves exactly like containerd's own.
 # With MAIN=file.go NAME=binary set, it builds that main package (in the wrapper) instead.
+# With ADD=1, DIR is stamped by this recipe already and the packages are added to its bin:
+# one rename per new binary, the existing ones untouched.
 build() {
   local dir="$1" version="$2" ldflags="$3" tags="$4" module="$5" t=$SECONDS mod p
   shift 5
@@ -130,6 +143,12 @@ build() {
   (cd "$dir/src" && GOFLAGS=-mod=mod go mod tidy &&
     GOFLAGS="-buildvcs=false -mod=mod" go build -trimpath -tags "$tags" \
       -ldflags "-s -w $ldflags" -o "${out[@]}" "${pkgs[@]}")
+  if [[ -n "${ADD:-}" ]]; then
+    mv -f "$dir"/bin.new/* "$dir/bin/"
+    rmdir "$dir/bin.new"
+    log "built in $((SECONDS - t))s, added to $dir/bin: $*"
+    return
+  fi
   rm -rf "${dir:?}/bin"
   mv "$dir/bin.new" "$dir/bin"
   stamp_of "$version${STAMP_SUFFIX:-}" >"$dir/stamp"
@@ -146,15 +165,23 @@ fi
 
 if ! current "$CNI_DIR" "$CNI_PLUGINS_VERSION" "${CNI_PLUGINS[@]}"; then
   m=github.com/containernetworking/plugins
+  # Stamped by this recipe: only plugins added to CNI_PLUGINS since are missing.
+  add=""
+  plugins=("${CNI_PLUGINS[@]}")
+  if stamped "$CNI_DIR" "$CNI_PLUGINS_VERSION"; then
+    add=1
+    plugins=()
+    for p in "${CNI_PLUGINS[@]}"; do [[ -x "$CNI_DIR/bin/$p" ]] || plugins+=("$p"); done
+  fi
   pkgs=()
-  for p in "${CNI_PLUGINS[@]}"; do
+  for p in "${plugins[@]}"; do
     case "$p" in
-      bridge | loopback) pkgs+=("$m/plugins/main/$p") ;;
+      bridge | loopback | ptp) pkgs+=("$m/plugins/main/$p") ;;
       host-local) pkgs+=("$m/plugins/ipam/$p") ;;
       portmap | firewall) pkgs+=("$m/plugins/meta/$p") ;;
     esac
   done
-  build "$CNI_DIR" "$CNI_PLUGINS_VERSION" \
+  ADD="$add" build "$CNI_DIR" "$CNI_PLUGINS_VERSION" \
     "-X $m/pkg/utils/buildversion.BuildVersion=v$CNI_PLUGINS_VERSION" "" "$m" "${pkgs[@]}"
 fi
 
@@ -167,6 +194,12 @@ fi
 if ! current "$COREDNS_DIR" "$COREDNS_VERSION$COREDNS_SUFFIX" coredns; then
   MAIN="$HACK_DIR/node/coredns_main.go" NAME=coredns STAMP_SUFFIX="$COREDNS_SUFFIX" \
     build "$COREDNS_DIR" "$COREDNS_VERSION" \
+    "-X github.com/coredns/coredns/coremain.GitCommit=v$COREDNS_VERSION" "" github.com/coredns/coredns
+fi
+
+if ! current "$COREDNS_KIND_DIR" "$COREDNS_VERSION$COREDNS_KIND_SUFFIX" coredns; then
+  MAIN="$HACK_DIR/kind/coredns/main.go" NAME=coredns STAMP_SUFFIX="$COREDNS_KIND_SUFFIX" \
+    build "$COREDNS_KIND_DIR" "$COREDNS_VERSION" \
     "-X github.com/coredns/coredns/coremain.GitCommit=v$COREDNS_VERSION" "" github.com/coredns/coredns
 fi
 

@@ -5,12 +5,14 @@
 #
 # Usage: hack/kind/base-image.sh ROOTFS IMAGE
 #   ROOTFS: an empty or debootstrapped directory (debootstrap runs when ROOTFS/sbin/init is missing)
-# Environment: KIND_VERSION (0.30.0), CONTAINERD_BIN, CNI_BIN, CRICTL_BIN (dirs with the built binaries),
+# Environment: CONTAINERD_BIN, CNI_BIN, CRICTL_BIN (dirs with the built binaries),
 #   DEBIAN_MIRROR, DOCKER (docker CLI; DOCKER_HOST picks the engine).
 set -euo pipefail
 rootfs="$1" image="$2"
 docker="${DOCKER:-docker}"
-kind_src="$(go env GOMODCACHE)/sigs.k8s.io/kind@v${KIND_VERSION:-0.30.0}/images/base"
+# shellcheck source=version.env
+source "$(dirname "${BASH_SOURCE[0]}")/version.env"
+kind_src="$(go env GOMODCACHE)/sigs.k8s.io/kind@v$KIND_VERSION/images/base"
 [[ -d "$kind_src/files" ]] || { echo "no kind source at $kind_src (go mod download sigs.k8s.io/kind@v...)" >&2; exit 1; }
 log() { echo "[$(date -u +%T)] $*" >&2; }
 
@@ -22,7 +24,7 @@ if [[ ! -e "$rootfs/sbin/init" ]]; then
   debootstrap --variant=minbase --include="$packages" bookworm "$rootfs" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" >"$rootfs.log" 2>&1
 fi
 
-log "kind's files (v${KIND_VERSION:-0.30.0})"
+log "kind's files (v$KIND_VERSION)"
 f="$kind_src/files"
 install -m 0755 "$f"/usr/local/bin/* "$rootfs/usr/local/bin/"
 mkdir -p "$rootfs/kind/bin" "$rootfs/LICENSES" "$rootfs/etc/containerd" "$rootfs/etc/kubernetes/manifests" \

@@ -5,8 +5,9 @@
 # exec root, with hack/kind/runc-capfix as the default runtime (see that file: privileged
 # containers fail here without it).
 #
-# Usage: hack/kind/engine.sh up | down | env
+# Usage: hack/kind/engine.sh up | down | env | cli
 #   env: prints `export DOCKER_HOST=...` for kind and the docker CLI.
+#   cli: prints the path of the docker CLI unpacked with the engine.
 # Environment: KIND_ENGINE_DIR (unpacked packages, data root, log; default
 #   <modelyard cache>/kind-engine), KIND_ENGINE_RUN (socket, pid, exec root; default
 #   /run/modelyard-kind), KIND_ENGINE_POOL (address pool of its networks, default 10.250.0.0/16).
@@ -74,5 +75,6 @@ case "${1:-}" in
     log "engine stopped"
     ;;
   env) echo "export DOCKER_HOST=unix://$sock" ;;
-  *) echo "usage: $0 up | down | env" >&2; exit 2 ;;
+  cli) echo "$dir/root/usr/bin/docker" ;;
+  *) echo "usage: $0 up | down | env | cli" >&2; exit 2 ;;
 esac
