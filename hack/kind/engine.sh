@@ -10,13 +10,17 @@
 #   cli: prints the path of the docker CLI unpacked with the engine.
 # Environment: KIND_ENGINE_DIR (unpacked packages, data root, log; default
 #   <modelyard cache>/kind-engine), KIND_ENGINE_RUN (socket, pid, exec root; default
-#   /run/modelyard-kind), KIND_ENGINE_POOL (address pool of its networks, default 10.250.0.0/16).
+#   /run/modelyard-kind), KIND_ENGINE_POOL (address pool of its networks, default 10.250.0.0/16),
+#   KIND_ENGINE_BRIDGE / KIND_ENGINE_BRIDGE_CIDR (its default bridge, myard-kind0 10.251.0.1/24).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 dir="${KIND_ENGINE_DIR:-${MODELYARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modelyard}/kind-engine}"
 run="${KIND_ENGINE_RUN:-/run/modelyard-kind}"
 pool="${KIND_ENGINE_POOL:-10.250.0.0/16}"
 sock="$run/docker.sock"
+# Its default bridge: any name but docker0, and an address outside the pool.
+bridge="${KIND_ENGINE_BRIDGE:-myard-kind0}"
+bridge_cidr="${KIND_ENGINE_BRIDGE_CIDR:-10.251.0.1/24}"
 log() { echo "[$(date -u +%T)] $*" >&2; }
 docker_cli() { DOCKER_HOST="unix://$sock" "$dir/root/usr/bin/docker" "$@"; }
 
@@ -53,11 +57,17 @@ case "${1:-}" in
     iptables_wrappers
     mkdir -p "$run" "$dir/data"
     echo '{}' >"$dir/daemon.json" # not /etc/docker/daemon.json, which belongs to the host's engine
-    # --iptables=false, --bridge=none: it never touches the host's firewall or docker0.
+    # --iptables=false and a default bridge of its own: it never touches the host's firewall
+    # or docker0 (with --bridge=none, dockerd deletes the host's docker0 at start-up).
+    if ! ip link show "$bridge" >/dev/null 2>&1; then
+      ip link add "$bridge" type bridge
+      ip addr add "$bridge_cidr" dev "$bridge"
+    fi
+    ip link set "$bridge" up
     PATH="$dir/iptables:$dir/root/usr/bin:$dir/root/usr/sbin:$PATH" setsid "$dir/root/usr/sbin/dockerd" \
       --config-file "$dir/daemon.json" -H "unix://$sock" --data-root "$dir/data" \
       --exec-root "$run/exec" --pidfile "$run/docker.pid" \
-      --iptables=false --ip6tables=false --ip-masq=false --bridge=none \
+      --iptables=false --ip6tables=false --ip-masq=false --bridge="$bridge" \
       --default-address-pool "base=$pool,size=24" \
       --add-runtime "capfix=$here/runc-capfix" --default-runtime capfix \
       --userland-proxy-path "$dir/root/usr/sbin/docker-proxy" \
@@ -72,6 +82,7 @@ case "${1:-}" in
     kill "$pid"
     for _ in $(seq 40); do ours "$pid" || break; sleep 0.5; done
     if ours "$pid"; then kill -9 "$pid"; fi
+    if ip link show "$bridge" >/dev/null 2>&1; then ip link delete "$bridge"; fi
     log "engine stopped"
     ;;
   env) echo "export DOCKER_HOST=unix://$sock" ;;
