@@ -10,15 +10,16 @@
 #   cli: prints the path of the docker CLI unpacked with the engine.
 # Environment: KIND_ENGINE_DIR (unpacked packages, data root, log; default
 #   <modelyard cache>/kind-engine), KIND_ENGINE_RUN (socket, pid, exec root; default
-#   /run/modelyard-kind), KIND_ENGINE_POOL (address pool of its networks, default 10.250.0.0/16),
-#   KIND_ENGINE_BRIDGE / KIND_ENGINE_BRIDGE_CIDR (its default bridge, myard-kind0 10.251.0.1/24).
+#   /run/modelyard-kind), KIND_ENGINE_SUBNET (subnet of the network `kind` that the nodes join,
+#   default 10.250.0.0/24), KIND_ENGINE_BRIDGE / KIND_ENGINE_BRIDGE_CIDR (its default bridge,
+#   myard-kind0 10.251.0.1/24).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 dir="${KIND_ENGINE_DIR:-${MODELYARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modelyard}/kind-engine}"
 run="${KIND_ENGINE_RUN:-/run/modelyard-kind}"
-pool="${KIND_ENGINE_POOL:-10.250.0.0/16}"
+subnet="${KIND_ENGINE_SUBNET:-10.250.0.0/24}"
 sock="$run/docker.sock"
-# Its default bridge: any name but docker0, and an address outside the pool.
+# Its default bridge: any name but docker0, and an address outside that subnet.
 bridge="${KIND_ENGINE_BRIDGE:-myard-kind0}"
 bridge_cidr="${KIND_ENGINE_BRIDGE_CIDR:-10.251.0.1/24}"
 log() { echo "[$(date -u +%T)] $*" >&2; }
@@ -58,7 +59,9 @@ case "${1:-}" in
     mkdir -p "$run" "$dir/data"
     echo '{}' >"$dir/daemon.json" # not /etc/docker/daemon.json, which belongs to the host's engine
     # --iptables=false and a default bridge of its own: it never touches the host's firewall
-    # or docker0 (with --bridge=none, dockerd deletes the host's docker0 at start-up).
+    # or docker0. dockerd deletes the interface docker0 at start-up when run with
+    # --bridge=none, and when run with --default-address-pool after an earlier start: so no
+    # pool, and the network `kind` (which kind joins when it exists) is made here instead.
     if ! ip link show "$bridge" >/dev/null 2>&1; then
       ip link add "$bridge" type bridge
       ip addr add "$bridge_cidr" dev "$bridge"
@@ -68,12 +71,14 @@ case "${1:-}" in
       --config-file "$dir/daemon.json" -H "unix://$sock" --data-root "$dir/data" \
       --exec-root "$run/exec" --pidfile "$run/docker.pid" \
       --iptables=false --ip6tables=false --ip-masq=false --bridge="$bridge" \
-      --default-address-pool "base=$pool,size=24" \
       --add-runtime "capfix=$here/runc-capfix" --default-runtime capfix \
       --userland-proxy-path "$dir/root/usr/sbin/docker-proxy" \
       >>"$dir/dockerd.log" 2>&1 </dev/null &
     for _ in $(seq 60); do docker_cli info >/dev/null 2>&1 && break; sleep 0.5; done
     docker_cli info >/dev/null 2>&1 || { tail -n 20 "$dir/dockerd.log" >&2; exit 1; }
+    docker_cli network inspect kind >/dev/null 2>&1 ||
+      docker_cli network create --driver bridge --subnet "$subnet" \
+        --opt com.docker.network.bridge.enable_ip_masquerade=true kind >/dev/null
     log "engine up: export DOCKER_HOST=unix://$sock"
     ;;
   down)
