@@ -5,8 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 
 .PHONY: install lint shellcheck typecheck test test-unit test-integration crds demo demo-local \
-	kind-demo kind-up kind-down cluster-up cluster-down k8s-binaries bench-server bench-trainer bench-operator-scale \
-	bench-operator-churn bench-operator-watch-cost images prometheus \
+	kind-demo kind-up kind-down cluster-up cluster-down k8s-binaries bench-server bench-trainer \
+	bench-operator-scale bench-operator-churn bench-operator-watch-cost gpu-check images prometheus \
 	deploy-manifests node-binaries node-up node-down host-packages real-cluster-up \
 	real-cluster-down test-e2e s3-server clean
 
@@ -127,6 +127,9 @@ bench-server: install  ## serving throughput against KServe, a naive server and 
 
 bench-trainer: install  ## trainer samples/s against a textbook PyTorch loop
 	$(PY) bench/trainer_throughput.py
+
+gpu-check: install  ## GPU vs CPU trainer and server, trainer vs a plain loop; --cpu in BENCH_ARGS
+	$(PY) bench/gpu_check.py $(BENCH_ARGS)
 
 # BASE=local (the default here): a debootstrap base image, as no registry is reachable.
 BASE ?= local

@@ -78,7 +78,8 @@ def launch(nproc: int, module_args: list[str]) -> list[str]:
     ]
 
 
-def run_trainer(args: argparse.Namespace, nproc: int, workdir: Path) -> tuple[float, float]:
+def train_once(args: argparse.Namespace, nproc: int, workdir: Path) -> tuple[dict[str, Any], Path]:
+    """One run of modelyard-trainer: its metadata.json and the folder of its artifacts."""
     config = workdir / "bench.yaml"
     config.write_text(yaml.safe_dump(trainer_config(args)))
     output = workdir / f"out-{nproc}-{time.monotonic_ns()}"
@@ -88,7 +89,12 @@ def run_trainer(args: argparse.Namespace, nproc: int, workdir: Path) -> tuple[fl
     done = subprocess.run(command, env=environment(args), capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"trainer failed:\n{done.stderr[-4000:]}")
-    training = json.loads((output / "local/bench/local/g1/metadata.json").read_text())["training"]
+    artifacts = output / "local/bench/local/g1"
+    return json.loads((artifacts / "metadata.json").read_text()), artifacts
+
+
+def run_trainer(args: argparse.Namespace, nproc: int, workdir: Path) -> tuple[float, float]:
+    training = train_once(args, nproc, workdir)[0]["training"]
     rows = training["samplesPerSecond"] * training["durationSeconds"]
     return float(training["samplesPerSecond"]), rows / training["cpuSeconds"]
 
@@ -138,7 +144,10 @@ def textbook_worker(config_path: str) -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_function = nn.CrossEntropyLoss()
     amp = cuda and config.training.mixed_precision
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    # The precision the trainer picks: bfloat16 where the GPU has it (no loss scaling), else
+    # float16 with a GradScaler; the same arithmetic on both sides keeps the ratio fair.
+    bf16 = amp and torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and not bf16)
     local_batch = config.training.batch_size // world_size
     rows = len(train)
     sampler: DistributedSampler[int] = DistributedSampler(
@@ -159,7 +168,9 @@ def textbook_worker(config_path: str) -> None:
             batch = order[start : start + local_batch]
             features, target = train.features[batch], train.target[batch]
             optimizer.zero_grad()
-            with torch.autocast(device.type, enabled=amp):
+            with torch.autocast(
+                device.type, dtype=torch.bfloat16 if bf16 else torch.float16, enabled=amp
+            ):
                 loss = loss_function(model(features), target)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
