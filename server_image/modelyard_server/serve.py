@@ -173,8 +173,8 @@ class Lifecycle:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         # gRPC first: a port it cannot bind ends the start before anything is served.
-        self._grpc = rpc = grpc_server(self.app)
         try:
+            self._grpc = rpc = grpc_server(self.app)  # binds the port
             await rpc.start()
         except RuntimeError as exc:
             log.error("gRPC server could not start on port %d: %s", self.settings.grpc_port, exc)
