@@ -6,6 +6,8 @@ The test process never imports the server's own stubs: tritonclient registers th
 
 from __future__ import annotations
 
+import signal
+import time
 from pathlib import Path
 
 import grpc
@@ -169,3 +171,27 @@ def test_fuzzed_requests_never_internal(mlp_server: ServerProcess, stub) -> None
                 assert exc.code() in allowed, exc
     assert mlp_server.proc.poll() is None
     assert "Traceback" not in mlp_server.log()
+
+
+def test_sigterm_drains_grpc_calls_in_flight(start_server, models: dict[str, Path]) -> None:
+    server: ServerProcess = start_server(
+        models["slow"], max_batch_size=1, shutdown_delay_seconds=0, shutdown_grace_seconds=30
+    )
+    rows = np.random.default_rng(8).standard_normal((64, 512)).astype(np.float32)
+    request = service_pb2.ModelInferRequest(model_name="model")
+    request.inputs.add(name="input", datatype="FP32", shape=list(rows.shape))
+    request.raw_input_contents.append(rows.tobytes())
+    with grpc.insecure_channel(server.grpc_hostport) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        stub.ModelInfer(request, timeout=30)  # connected and warm
+        calls = [stub.ModelInfer.future(request, timeout=60) for _ in range(16)]
+        deadline = time.monotonic() + 10
+        while server.metric(contracts.METRIC_INFLIGHT_REQUESTS) < 8:
+            assert time.monotonic() < deadline, "calls never got in flight"
+            time.sleep(0.01)
+        server.proc.send_signal(signal.SIGTERM)
+        assert not all(call.done() for call in calls), "the test kept no call in flight"
+        for call in calls:
+            out = np.frombuffer(call.result().raw_output_contents[0], dtype="<f4")
+            np.testing.assert_array_equal(out.reshape(rows.shape), rows)
+    assert server.proc.wait(timeout=30) == 0, server.log()
