@@ -31,8 +31,8 @@ from modelyard_server.app import (
 )
 from modelyard_server.errors import RequestError, bad_request, not_found, unavailable
 from modelyard_server.grpc_oip import inference_pb2 as pb
-from modelyard_server.protocol import parse_infer_header, tensor_bytes
-from modelyard_server.signature import datatype_of
+from modelyard_server.protocol import InferRequest, parse_infer_header, tensor_bytes
+from modelyard_server.signature import ModelSignature, datatype_of
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,24 @@ def request_document(request: pb.ModelInferRequest) -> tuple[dict[str, Any], byt
             for o in request.outputs
         ]
     return document, b"".join(raw)
+
+
+def parse_model_infer(
+    request: pb.ModelInferRequest,
+    signature: ModelSignature,
+    *,
+    allow_non_finite: bool,
+    max_rows: int | None,
+) -> InferRequest:
+    """Validate a ModelInferRequest with the REST parser (see the module doc)."""
+    document, binary = request_document(request)
+    return parse_infer_header(
+        document,
+        memoryview(binary),
+        signature,
+        allow_non_finite=allow_non_finite,
+        max_rows=max_rows,
+    )
 
 
 class InferenceService:
@@ -200,18 +218,16 @@ class InferenceService:
         try:
             size = request.ByteSize()
             reservation.grow(size)
-            document, binary = request_document(request)
+            # Large messages are reshaped and parsed in the parse thread, as large REST
+            # bodies are: typed contents become Python lists there, not on the event loop.
             parse = functools.partial(
-                parse_infer_header,
-                document,
-                memoryview(binary),
+                parse_model_infer,
+                request,
                 model.signature,
                 allow_non_finite=app.settings.allow_non_finite_inputs,
                 max_rows=app.max_rows,
             )
-            del document, binary
             parsed = await app.parse_request(batcher, parse, size <= INLINE_PARSE_BYTES)
-            del parse
             outputs = await batcher.submit(parsed.inputs, parsed.rows, parsed.batch_key)
         finally:
             reservation.release()

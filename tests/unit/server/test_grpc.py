@@ -195,3 +195,22 @@ def test_sigterm_drains_grpc_calls_in_flight(start_server, models: dict[str, Pat
             out = np.frombuffer(call.result().raw_output_contents[0], dtype="<f4")
             np.testing.assert_array_equal(out.reshape(rows.shape), rows)
     assert server.proc.wait(timeout=30) == 0, server.log()
+
+
+def test_concurrent_grpc_calls_are_batched(start_server, models: dict[str, Path]) -> None:
+    server: ServerProcess = start_server(models["mlp"], max_batch_size=64, max_batch_delay_ms=5)
+    x = np.random.default_rng(9).standard_normal((1, 10)).astype(np.float32)
+    expected = ort.InferenceSession(str(models["mlp"])).run(None, {"input": x})[0]
+    request = service_pb2.ModelInferRequest(model_name="model")
+    request.inputs.add(name="input", datatype="FP32", shape=[1, 10])
+    request.raw_input_contents.append(x.tobytes())
+    runs_before = server.metric(contracts.METRIC_BATCH_SIZE + "_count")
+    with grpc.insecure_channel(server.grpc_hostport) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for _ in range(5):
+            calls = [stub.ModelInfer.future(request, timeout=30) for _ in range(64)]
+            for call in calls:
+                out = np.frombuffer(call.result().raw_output_contents[0], dtype="<f4")
+                np.testing.assert_allclose(out.reshape(1, 10), expected, rtol=1e-5, atol=1e-6)
+    runs = server.metric(contracts.METRIC_BATCH_SIZE + "_count") - runs_before
+    assert runs < 320, f"320 concurrent gRPC calls took {runs} ONNX Runtime runs"
