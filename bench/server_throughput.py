@@ -279,16 +279,24 @@ def report(points: list[Point], args: argparse.Namespace) -> None:
             )  # fmt: skip
             print(f"{contender:15}{cells}")
         by = {(p.contender, p.concurrency): p for p in mine}
-        for ref in ("kserve", "naive"):
+        for label, contender in (("JSON", "modelyard"), ("gRPC", "modelyard-grpc")):
+            for ref in ("kserve", "naive"):
+                cells = ""
+                for c in args.concurrency:
+                    a, b = by.get((contender, c)), by.get((ref, c))
+                    if a and b:
+                        ratio, p99 = a.rows_per_s / b.rows_per_s, b.p99_ms / a.p99_ms
+                        cells += f"{ratio:>8.2f}x rows/s, p99 /{p99:5.2f}"
+                    else:
+                        cells += f"{'-':>28}"
+                print(f"{label + ' vs ' + ref:15}{cells}")
+        # How close serving gets to the model's own speed at the batch it could form.
+        for contender in ("modelyard", "modelyard-bin", "modelyard-grpc"):
             cells = ""
             for c in args.concurrency:
-                a, b = by.get(("modelyard", c)), by.get((ref, c))
-                if a and b:
-                    ratio, p99 = a.rows_per_s / b.rows_per_s, b.p99_ms / a.p99_ms
-                    cells += f"{ratio:>8.2f}x rows/s, p99 /{p99:5.2f}"
-                else:
-                    cells += f"{'-':>28}"
-            print(f"{'JSON vs ' + ref:15}{cells}")
+                a, b = by.get((contender, c)), by.get(("onnxruntime", c))
+                cells += f"{a.rows_per_s / b.rows_per_s:>27.1%} " if a and b else f"{'-':>28}"
+            print(f"{'ORT share ' + contender.removeprefix('modelyard'):15}{cells}")
 
 
 def main() -> None:
