@@ -4,6 +4,8 @@ Contenders, each a single server process pinned to one core (taskset), driven by
 to another core, at concurrency 1, 16 and 64, with one-row requests:
   modelyard        this server, JSON requests
   modelyard-bin    this server, binary tensor extension (what the Triton client sends)
+  modelyard-grpc   this server over gRPC (raw_input_contents), driven by grpc_load.py, a
+                   Python client on the wrk core: at high concurrency it may be the limit
   kserve           KServe's Python model server, custom Model calling onnxruntime
   naive            a FastAPI endpoint that calls session.run per request
   onnxruntime      the limit: ONNX Runtime in-process on batches of 1, 16, 64 rows, no HTTP
@@ -41,7 +43,7 @@ sys.path.insert(0, str(HERE))
 from onnx_mlp import mlp, save  # noqa: E402
 
 MODELS = {"mlp-10-20-10": [10, 20, 10], "mlp-784-1024-1024-10": [784, 1024, 1024, 10]}
-CONTENDERS = ["modelyard", "modelyard-bin", "kserve", "naive", "onnxruntime"]
+CONTENDERS = ["modelyard", "modelyard-bin", "modelyard-grpc", "kserve", "naive", "onnxruntime"]
 
 
 @dataclass
@@ -140,13 +142,24 @@ def run_wrk(cpu: str, url: str, script: Path, connections: int, seconds: float) 
     return result
 
 
+def run_grpc_load(
+    cpu: str, target: str, width: int, connections: int, seconds: float
+) -> dict[str, float]:
+    cmd = [
+        "taskset", "-c", cpu, sys.executable, str(HERE / "grpc_load.py"), "--target", target,
+        "--width", str(width), "--concurrency", str(connections), "--seconds", str(seconds),
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=seconds + 60)
+    return dict(json.loads(out.stdout))
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def server_command(
-    contender: str, model: Path, port: int, max_batch: int
+    contender: str, model: Path, port: int, grpc_port: int, max_batch: int
 ) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
     if contender.startswith("modelyard"):
@@ -154,6 +167,7 @@ def server_command(
             MODELYARD_SERVER_INTRA_OP_THREADS="1",
             MODELYARD_SERVER_INTER_OP_THREADS="1",
             MODELYARD_SERVER_MAX_BATCH_SIZE=str(max_batch),
+            MODELYARD_SERVER_GRPC_PORT=str(grpc_port),
         )
         cmd = [sys.executable, "-m", "modelyard_server", "--model", str(model),
                "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
@@ -173,8 +187,8 @@ def server_command(
 def bench_server(
     contender: str, name: str, model: Path, width: int, args: argparse.Namespace, workdir: Path
 ) -> list[Point]:
-    port = free_port()
-    cmd, env = server_command(contender, model, port, args.max_batch_size)
+    port, grpc_port = free_port(), free_port()
+    cmd, env = server_command(contender, model, port, grpc_port, args.max_batch_size)
     log = (workdir / f"{contender}-{name}.log").open("wb")
     proc = subprocess.Popen(
         ["taskset", "-c", args.server_cpu, *cmd], env=env, stdout=log, stderr=log
@@ -188,10 +202,17 @@ def bench_server(
         with urllib.request.urlopen(check, timeout=10) as response:
             assert response.status == 200, response.status
         script = wrk_script(workdir, f"{contender}-{name}", body, headers)
-        run_wrk(args.client_cpu, url, script, 16, args.warmup)
+        target = f"127.0.0.1:{grpc_port}"
+
+        def load(c: int, seconds: float) -> dict[str, float]:
+            if contender == "modelyard-grpc":
+                return run_grpc_load(args.client_cpu, target, width, c, seconds)
+            return run_wrk(args.client_cpu, url, script, c, seconds)
+
+        load(16, args.warmup)
         for c in args.concurrency:
             cpu_before = cpu_seconds(proc.pid)
-            r = run_wrk(args.client_cpu, url, script, c, args.duration)
+            r = load(c, args.duration)
             cpu = cpu_seconds(proc.pid) - cpu_before
             rps = r["requests_per_s"]
             point = Point(name, contender, c, rps, rps, r["p50_ms"], r["p99_ms"], int(r["errors"]))
@@ -258,16 +279,24 @@ def report(points: list[Point], args: argparse.Namespace) -> None:
             )  # fmt: skip
             print(f"{contender:15}{cells}")
         by = {(p.contender, p.concurrency): p for p in mine}
-        for ref in ("kserve", "naive"):
+        for label, contender in (("JSON", "modelyard"), ("gRPC", "modelyard-grpc")):
+            for ref in ("kserve", "naive"):
+                cells = ""
+                for c in args.concurrency:
+                    a, b = by.get((contender, c)), by.get((ref, c))
+                    if a and b:
+                        ratio, p99 = a.rows_per_s / b.rows_per_s, b.p99_ms / a.p99_ms
+                        cells += f"{ratio:>8.2f}x rows/s, p99 /{p99:5.2f}"
+                    else:
+                        cells += f"{'-':>28}"
+                print(f"{label + ' vs ' + ref:15}{cells}")
+        # How close serving gets to the model's own speed at the batch it could form.
+        for contender in ("modelyard", "modelyard-bin", "modelyard-grpc"):
             cells = ""
             for c in args.concurrency:
-                a, b = by.get(("modelyard", c)), by.get((ref, c))
-                if a and b:
-                    ratio, p99 = a.rows_per_s / b.rows_per_s, b.p99_ms / a.p99_ms
-                    cells += f"{ratio:>8.2f}x rows/s, p99 /{p99:5.2f}"
-                else:
-                    cells += f"{'-':>28}"
-            print(f"{'JSON vs ' + ref:15}{cells}")
+                a, b = by.get((contender, c)), by.get(("onnxruntime", c))
+                cells += f"{a.rows_per_s / b.rows_per_s:>27.1%} " if a and b else f"{'-':>28}"
+            print(f"{'ORT share ' + contender.removeprefix('modelyard'):15}{cells}")
 
 
 def main() -> None:
@@ -284,7 +313,11 @@ def main() -> None:
     parser.add_argument("--client-cpu", default="0", help="core(s) for wrk (taskset -c)")
     args = parser.parse_args()
     # Only the other contenders need that venv: modelyard alone runs from the project's.
-    if not KSERVE_PY.exists() and set(args.contenders) - {"modelyard", "modelyard-bin"}:
+    if not KSERVE_PY.exists() and set(args.contenders) - {
+        "modelyard",
+        "modelyard-bin",
+        "modelyard-grpc",
+    }:
         sys.exit("bench/.venv-kserve is missing: run bench/server/make_venvs.sh first")
     workdir = RESULTS / "server"
     workdir.mkdir(parents=True, exist_ok=True)

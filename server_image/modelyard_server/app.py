@@ -25,7 +25,7 @@ from modelyard_server.config import ServerSettings
 from modelyard_server.errors import RequestError, bad_request, not_found, unavailable
 from modelyard_server.metrics import ServerMetrics
 from modelyard_server.model import LoadedModel
-from modelyard_server.protocol import encode_infer_response, parse_infer_request
+from modelyard_server.protocol import InferRequest, encode_infer_response, parse_infer_request
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ INLINE_PARSE_BYTES = 64 * 1024
 CLOSE = (b"connection", b"close")
 
 
-def _version() -> str:
+def server_version() -> str:
     try:
         return metadata.version("modelyard")
     except metadata.PackageNotFoundError:
@@ -97,7 +97,7 @@ class Admission:
 
 
 @dataclass(slots=True)
-class _Reservation:
+class Reservation:
     """The bytes that one request holds in its Admission; released when it is answered."""
 
     admission: Admission
@@ -126,14 +126,14 @@ class InferenceApp:
         self._server_metadata = _json_body(
             {
                 "name": "modelyard-server",
-                "version": _version(),
+                "version": server_version(),
                 "extensions": ["binary_tensor_data"],
             }
         )
         self._model_metadata: bytes | None = None
         self.admission = Admission(settings.max_inflight_bytes, settings.max_concurrent_uploads)
         self._body_limit = min(settings.max_request_bytes, settings.max_inflight_bytes)
-        self._max_rows = settings.max_batch_size if settings.max_batch_size > 1 else None
+        self.max_rows = settings.max_batch_size if settings.max_batch_size > 1 else None
         # One thread: large bodies parse one at a time, which bounds the memory that parsing
         # takes (a JSON body of floats needs many times its size while it becomes tensors).
         self._parser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parse")
@@ -252,42 +252,26 @@ class InferenceApp:
         settings = self.settings
         inflight = self.metrics.inflight
         inflight.inc()
-        reservation = _Reservation(self.admission)
+        reservation = Reservation(self.admission)
         try:
             header_length, encoding, length = _infer_headers(scope)
             body = await self._receive_body(receive, length, reservation)
             if encoding is not None:
                 body = _decompress(body, encoding, self._body_limit)
                 reservation.grow(len(body))
-            max_rows = self._max_rows
-            if len(body) <= INLINE_PARSE_BYTES:
-                request = parse_infer_request(
-                    body,
-                    header_length,
-                    model.signature,
-                    allow_non_finite=settings.allow_non_finite_inputs,
-                    max_rows=max_rows,
-                )
-            else:
-                parse = functools.partial(
-                    parse_infer_request,
-                    body,
-                    header_length,
-                    model.signature,
-                    allow_non_finite=settings.allow_non_finite_inputs,
-                    max_rows=max_rows,
-                )
-                del body  # the JSON text is garbage once parsed; binary tensors keep it alive
-                # The batcher waits for requests being parsed, never for ones still uploading.
-                batcher.arriving()
-                try:
-                    loop = asyncio.get_running_loop()
-                    request = await loop.run_in_executor(self._parser, parse)
-                finally:
-                    batcher.arrived()
-                del parse
-            future = batcher.submit(request.inputs, request.rows, request.batch_key)
-            outputs = await future
+            inline = len(body) <= INLINE_PARSE_BYTES
+            parse = functools.partial(
+                parse_infer_request,
+                body,
+                header_length,
+                model.signature,
+                allow_non_finite=settings.allow_non_finite_inputs,
+                max_rows=self.max_rows,
+            )
+            del body  # the JSON text is garbage once parsed; binary tensors keep it alive
+            request = await self.parse_request(batcher, parse, inline)
+            del parse
+            outputs = await batcher.submit(request.inputs, request.rows, request.batch_key)
             by_name = dict(zip(model.signature.output_names, outputs, strict=True))
             body, json_length = encode_infer_response(
                 self.name,
@@ -306,6 +290,20 @@ class InferenceApp:
         ]
         return 200, headers, body
 
+    async def parse_request(
+        self, batcher: Batcher, parse: Callable[[], InferRequest], inline: bool
+    ) -> InferRequest:
+        """Run `parse` on the event loop when `inline` (small requests), else in the parse
+        thread, which bounds the memory that parsing takes. Shared by REST and gRPC."""
+        if inline:
+            return parse()
+        # The batcher waits for requests being parsed, never for ones still uploading.
+        batcher.arriving()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._parser, parse)
+        finally:
+            batcher.arrived()
+
     def _too_large(self) -> RequestError:
         # Close the connection: the client may still be sending a body we will not read.
         if self.settings.max_request_bytes <= self.admission.max_bytes:
@@ -317,7 +315,7 @@ class InferenceApp:
         )
 
     async def _receive_body(
-        self, receive: Receive, length: int | None, reservation: _Reservation
+        self, receive: Receive, length: int | None, reservation: Reservation
     ) -> bytes | bytearray:
         """The whole body, admitted before it is read.
 
@@ -351,9 +349,7 @@ class InferenceApp:
         finally:
             admission.uploads -= 1
 
-    async def _read_streamed(
-        self, receive: Receive, limit: int, reservation: _Reservation
-    ) -> bytes:
+    async def _read_streamed(self, receive: Receive, limit: int, reservation: Reservation) -> bytes:
         # No Content-Length (chunked): every chunk is admitted as it comes.
         chunks: list[bytes] = []
         size = 0

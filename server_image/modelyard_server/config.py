@@ -244,6 +244,12 @@ class ServerSettings(ServerConfig):
         description="Address the HTTP server binds to.",
     )
     port: int = Field(default=8080, ge=1, le=65535, description="TCP port of the HTTP server.")
+    grpc_port: int = Field(
+        default=8081,
+        ge=1,
+        le=65535,
+        description="TCP port of the gRPC server (Open Inference Protocol, GRPCInferenceService).",
+    )
     sha256: str | None = Field(
         default=None,
         pattern=r"^[0-9A-Fa-f]{64}$",
@@ -296,6 +302,12 @@ class ServerSettings(ServerConfig):
             "and the connection is closed. Only fully received requests reach the batcher."
         ),
     )
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> ServerSettings:
+        if self.port == self.grpc_port:
+            raise ValueError(f"port and grpcPort must differ (both are {self.port})")
+        return self
 
     @field_validator("sha256")
     @classmethod

@@ -220,6 +220,24 @@ def parse_infer_request(
             )
         view = memoryview(body)
         header, binary = _load_json(view[:header_length]), view[header_length:]
+    return parse_infer_header(
+        header, binary, signature, allow_non_finite=allow_non_finite, max_rows=max_rows
+    )
+
+
+def parse_infer_header(
+    header: Any,
+    binary: memoryview,
+    signature: ModelSignature,
+    *,
+    allow_non_finite: bool = False,
+    max_rows: int | None = None,
+) -> InferRequest:
+    """Validate a request given as its JSON document and the binary data that follows it.
+
+    The gRPC protocol calls it too, with its message in the same shape, so that both
+    protocols accept and refuse exactly the same tensors.
+    """
     if not isinstance(header, dict):
         raise bad_request("the request must be a JSON object")
     # Unknown fields are ignored: clients add their own (KServe's sends "model_name"), and a
@@ -566,6 +584,13 @@ def _bytes_elements(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
+def tensor_bytes(array: np.ndarray) -> bytes:
+    """A tensor in the binary extension's (and gRPC raw contents') layout."""
+    if array.dtype.kind in "OSU":
+        return _bytes_elements(array)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
 def _json_data(array: np.ndarray) -> Any:
     if array.dtype.kind in "OSU":
         return [
@@ -591,10 +616,7 @@ def encode_infer_response(
             "shape": list(array.shape),
         }
         if requested.binary:
-            if array.dtype.kind in "OSU":
-                blob = _bytes_elements(array)
-            else:
-                blob = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            blob = tensor_bytes(array)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:

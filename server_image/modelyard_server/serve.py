@@ -17,6 +17,7 @@ import signal
 import socket
 from collections.abc import Generator
 
+import grpc
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -24,6 +25,7 @@ from modelyard_server.app import InferenceApp, ServingState
 from modelyard_server.batcher import Batcher
 from modelyard_server.config import ServerSettings
 from modelyard_server.contracts import EXIT_LOAD_FAILURE, EXIT_OK, EXIT_SERVER_ERROR
+from modelyard_server.grpc_server import grpc_server
 from modelyard_server.metrics import ServerMetrics
 from modelyard_server.model import LoadError, load_model
 from modelyard_server.termination import report_load_failure
@@ -163,11 +165,21 @@ class Lifecycle:
         self.server = _UvicornServer(config)
         self.exit_code = EXIT_OK
         self._terminating = False
+        self._grpc: grpc.aio.Server | None = None  # made in run(): grpc.aio needs the loop
+        self._grpc_stopped: asyncio.Task[None] | None = None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        # gRPC first: a port it cannot bind ends the start before anything is served.
+        try:
+            self._grpc = rpc = grpc_server(self.app)  # binds the port
+            await rpc.start()
+        except RuntimeError as exc:
+            log.error("gRPC server could not start on port %d: %s", self.settings.grpc_port, exc)
+            self.app.close()
+            return EXIT_SERVER_ERROR
         serving = asyncio.create_task(self.server.serve(), name="http")
         loading = asyncio.create_task(self._load(), name="load")
         try:
@@ -176,9 +188,15 @@ class Lifecycle:
                 log.error("the HTTP server could not start")
                 self.exit_code = EXIT_SERVER_ERROR
         finally:
+            # Both listeners stop accepting together; uvicorn has drained HTTP by now, gRPC
+            # calls in flight get what is left of the grace period.
+            if self._grpc_stopped is None:
+                await rpc.stop(None)
             loading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loading
+            if self._grpc_stopped is not None:
+                await self._grpc_stopped
             if self.state.batcher is not None:
                 await self.state.batcher.stop()
             self.app.close()
@@ -208,7 +226,7 @@ class Lifecycle:
             return
         self.metrics.ready.set(1)
         log.info(
-            "serving model %r version %r from %s (sha256 %s) on %s:%d; providers %s; "
+            "serving model %r version %r from %s (sha256 %s) on %s:%d (gRPC %d); providers %s; "
             "batching %s; loaded and warmed up in %.3f s",
             s.model_name,
             s.model_version,
@@ -216,6 +234,7 @@ class Lifecycle:
             model.sha256,
             s.host,
             s.port,
+            s.grpc_port,
             model.providers,
             f"up to {s.max_batch_size} rows" if model.batchable else "off",
             model.load_seconds,
@@ -247,6 +266,11 @@ class Lifecycle:
 
     def _stop_accepting(self) -> None:
         self.server.should_exit = True
+        left = self.settings.shutdown_grace_seconds - self.settings.shutdown_delay_seconds
+        if self._grpc is not None:
+            self._grpc_stopped = asyncio.get_running_loop().create_task(
+                self._grpc.stop(left), name="grpc-stop"
+            )
 
     def _grace_over(self) -> None:
         log.warning("grace period over: exiting with requests still in flight")

@@ -41,6 +41,7 @@ class ServerProcess:
     log_path: Path
     termination_log: Path
     env: dict[str, str] = field(default_factory=dict)
+    grpc_port: int = 0
 
     @property
     def url(self) -> str:
@@ -49,6 +50,10 @@ class ServerProcess:
     @property
     def hostport(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def grpc_hostport(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -105,12 +110,13 @@ def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     root = tmp_path_factory.mktemp("servers")
 
     def start(model: Path | str, wait: bool = True, **settings: object) -> ServerProcess:
-        port = free_port()
+        port, grpc_port = free_port(), free_port()
         workdir = root / f"s{len(started)}"
         workdir.mkdir()
         env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_SERVER_")}
         env["MODELYARD_SERVER_INTRA_OP_THREADS"] = "1"
         env["MODELYARD_SERVER_SHUTDOWN_DELAY_SECONDS"] = "0"
+        env["MODELYARD_SERVER_GRPC_PORT"] = str(grpc_port)
         for key, value in settings.items():
             env["MODELYARD_SERVER_" + key.upper()] = str(value)
         termination_log = workdir / "termination-log"
@@ -128,7 +134,7 @@ def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
                 stderr=subprocess.STDOUT,
                 env=env,
             )  # fmt: skip
-        server = ServerProcess(proc, port, log_path, termination_log, env)
+        server = ServerProcess(proc, port, log_path, termination_log, env, grpc_port)
         started.append(server)
         if wait:
             server.wait_ready()

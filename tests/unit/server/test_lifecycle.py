@@ -255,17 +255,20 @@ def test_fetch_failures_leave_a_load_failure(
     assert not dest.exists() and list(tmp_path.iterdir()) == [log]
 
 
-def test_port_in_use_exits_1_not_the_load_failure_code(models: dict[str, Path]) -> None:
+@pytest.mark.parametrize("which", ["port", "grpc-port"])
+def test_port_in_use_exits_1_not_the_load_failure_code(models: dict[str, Path], which: str) -> None:
     import socket
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        port = taken.getsockname()[1]
+        ports = {"port": str(free_port()), "grpc-port": str(free_port())}
+        ports[which] = str(taken.getsockname()[1])
         result = subprocess.run(
             [sys.executable, "-m", "modelyard_server", "--model", str(models["mlp"]),
-             "--host", "127.0.0.1", "--port", str(port)],
+             "--host", "127.0.0.1", "--port", ports["port"], "--grpc-port", ports["grpc-port"]],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
     assert result.returncode == contracts.EXIT_SERVER_ERROR, result.stderr
-    assert "address already in use" in result.stderr
+    expected = "address already in use" if which == "port" else "gRPC server could not start"
+    assert expected in result.stderr
