@@ -4,8 +4,8 @@ UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install lint shellcheck typecheck test test-unit test-integration crds demo demo-local \
-	kind-demo kind-up kind-down cluster-up cluster-down k8s-binaries bench-server bench-trainer \
+.PHONY: install lint shellcheck typecheck test test-unit test-integration crds grpc-stubs demo \
+	demo-local kind-demo kind-up kind-down cluster-up cluster-down k8s-binaries bench-server bench-trainer \
 	bench-operator-scale bench-operator-churn bench-operator-watch-cost gpu-check images prometheus \
 	deploy-manifests node-binaries node-up node-down host-packages real-cluster-up \
 	real-cluster-down test-e2e s3-server clean
@@ -26,6 +26,9 @@ shellcheck:  ## every shell script, with the pinned shellcheck (installed into .
 
 typecheck: install
 	$(VENV)/bin/mypy
+
+grpc-stubs: install  ## regenerate the server's gRPC Open Inference Protocol message stubs
+	$(PY) server_image/gen_grpc_stubs.py
 
 crds: install  ## regenerate crds/ from the API models
 	$(PY) -m modelyard_operator.api.crd crds

@@ -102,9 +102,13 @@ def _wait_for(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float
 def model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("server")
     model = save(mlp([10, 20, 10], seed=1), root / "mlp.onnx")
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_SERVER_")}
-    env |= {"MODELYARD_SERVER_INTRA_OP_THREADS": "1", "MODELYARD_SERVER_MODEL_NAME": "iris"}
+    env |= {
+        "MODELYARD_SERVER_INTRA_OP_THREADS": "1",
+        "MODELYARD_SERVER_MODEL_NAME": "iris",
+        "MODELYARD_SERVER_GRPC_PORT": str(grpc_port),
+    }
     log = root / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -119,7 +123,7 @@ def model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
             stderr=subprocess.STDOUT,
             env=env,
         )  # fmt: skip
-    server = ServerProcess(proc, port, log, root / "termination-log", env)
+    server = ServerProcess(proc, port, log, root / "termination-log", env, grpc_port)
     try:
         server.wait_ready()
         yield server
