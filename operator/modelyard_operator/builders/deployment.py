@@ -15,7 +15,6 @@ from modelyard_operator.api.deployment import ModelDeployment, ServedModel
 from modelyard_operator.builders.common import (
     SERVER_MODEL_SIZE,
     SERVER_SCRATCH_SIZE,
-    Manifest,
     child,
     labels,
     pod_override_fields,
@@ -26,21 +25,22 @@ from modelyard_operator.builders.common import (
     scheduling_fields,
     user_env,
 )
+from modelyard_operator.names import (
+    DEPLOYMENT_LABEL,
+    INSTANCE_LABEL,
+    MODEL_SHA256_ANNOTATION,
+    MODEL_URI_ANNOTATION,
+    TEMPLATE_HASH_ANNOTATION,
+)
+from modelyard_operator.ownership import Manifest
 from modelyard_operator.settings import Settings
 from modelyard_server import contracts
 from modelyard_server.config import env_name
 from modelyard_storage.uri import is_s3
 
 KIND = "ModelDeployment"
-KIND_LABEL = "deployment"
 SERVER_CONTAINER = "server"
 FETCH_CONTAINER = "fetch"
-# The pod template says which model it serves: the planner tells a rollout's pods by these.
-MODEL_URI_ANNOTATION = "modelyard.dev/model-uri"
-MODEL_SHA256_ANNOTATION = "modelyard.dev/model-sha256"
-# A hash of the pod template itself: tells the pods of the Deployment's current template from
-# those of earlier ones that still run (or still fail) during a rollout.
-TEMPLATE_HASH_ANNOTATION = "modelyard.dev/template-hash"
 PVC_MOUNT_ROOT = "/mnt/pvc"
 MODEL_DIR = "/models"
 MODEL_FILE = "model.onnx"
@@ -57,14 +57,14 @@ STARTUP_PERIOD_SECONDS = 2
 
 
 def deployment_labels(md: ModelDeployment, component: str) -> dict[str, str]:
-    return labels(KIND_LABEL, md.metadata.name, component)
+    return labels(DEPLOYMENT_LABEL, md.metadata.name, component)
 
 
 def selector_labels(md: ModelDeployment) -> dict[str, str]:
     """Immutable in a Deployment: only what never changes for this object."""
     return {
-        "app.kubernetes.io/instance": md.metadata.name,
-        f"modelyard.dev/{KIND_LABEL}": md.metadata.name,
+        INSTANCE_LABEL: md.metadata.name,
+        DEPLOYMENT_LABEL: md.metadata.name,
     }
 
 

@@ -9,7 +9,6 @@ import yaml
 from modelyard_operator.api.training import ModelTraining
 from modelyard_operator.builders.common import (
     TRAINER_SCRATCH_SIZE,
-    Manifest,
     child,
     labels,
     pod_override_fields,
@@ -20,16 +19,14 @@ from modelyard_operator.builders.common import (
     scheduling_fields,
     user_env,
 )
+from modelyard_operator.names import ATTEMPT_LABEL, GENERATION_LABEL, QUEUE_LABEL, TRAINING_LABEL
+from modelyard_operator.ownership import Manifest
 from modelyard_operator.settings import Settings
 from modelyard_storage.uri import is_s3
 from modelyard_trainer import contracts
 from modelyard_trainer.config import TRAINER_SPEC_KEYS
 
 KIND = "ModelTraining"
-KIND_LABEL = "training"
-ATTEMPT_LABEL = "modelyard.dev/attempt"
-GENERATION_LABEL = "modelyard.dev/generation"
-QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 CONTAINER = "trainer"
 CONFIG_DIR = "/etc/modelyard"
@@ -60,7 +57,7 @@ def rendezvous_id(mt: ModelTraining, attempt: int) -> str:
 
 
 def training_labels(mt: ModelTraining, component: str) -> dict[str, str]:
-    return labels(KIND_LABEL, mt.metadata.name, component)
+    return labels(TRAINING_LABEL, mt.metadata.name, component)
 
 
 def _child(
@@ -122,7 +119,7 @@ def headless_service(mt: ModelTraining, settings: Settings) -> Manifest:
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
-            "selector": {f"modelyard.dev/{KIND_LABEL}": mt.metadata.name},
+            "selector": {TRAINING_LABEL: mt.metadata.name},
             "ports": [{"name": "rendezvous", "port": settings.master_port, "protocol": "TCP"}],
         }
     }
@@ -131,7 +128,7 @@ def headless_service(mt: ModelTraining, settings: Settings) -> Manifest:
 
 def network_policy(mt: ModelTraining) -> Manifest:
     """Only the gang reaches its workers: rendezvous and the collectives' (ephemeral) ports."""
-    gang = {"matchLabels": {f"modelyard.dev/{KIND_LABEL}": mt.metadata.name}}
+    gang = {"matchLabels": {TRAINING_LABEL: mt.metadata.name}}
     body = {
         "spec": {
             "podSelector": gang,

@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from modelyard_operator.api.meta import Condition
-from modelyard_operator.builders.common import Manifest
 from modelyard_operator.kube import UNREAD, ApiError, ForeignObject, Kube
+from modelyard_operator.ownership import Manifest
 from modelyard_operator.status.conditions import set_condition
 
 T = TypeVar("T")

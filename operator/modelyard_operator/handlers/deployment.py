@@ -14,15 +14,10 @@ from pydantic import ValidationError
 from modelyard_operator.api.deployment import ModelDeployment, ModelDeploymentStatus, ServedModel
 from modelyard_operator.api.meta import API_VERSION, Condition
 from modelyard_operator.api.training import ModelTrainingStatus, Output
-from modelyard_operator.builders.common import (
-    FIELD_MANAGER,
-    Manifest,
-    pvc_claim_and_path,
-)
+from modelyard_operator.builders.common import pvc_claim_and_path
 from modelyard_operator.builders.common import with_spec_hash as stamped
 from modelyard_operator.builders.deployment import (
     KIND,
-    KIND_LABEL,
     OPTIONAL_KINDS,
     SERVICE_MONITOR_CRD,
     children,
@@ -36,6 +31,8 @@ from modelyard_operator.handlers.common import (
     write_status,
 )
 from modelyard_operator.kube import UNREAD, ApiError, Kube, manifest_path
+from modelyard_operator.names import DEPLOYMENT_LABEL, FIELD_MANAGER
+from modelyard_operator.ownership import Manifest
 from modelyard_operator.settings import Settings
 from modelyard_operator.status.conditions import condition_is, set_condition
 from modelyard_operator.status.deployment import (
@@ -170,7 +167,7 @@ def _observe(kube: Kube, settings: Settings, md: ModelDeployment) -> Observed:
         or _claim_exists(kube, settings, namespace, resolution.model),
         # Ours or none: one of that name without our label stops the apply, not the plan.
         deployment=kube.get_managed("apps/v1", "Deployment", namespace, name),
-        pods=kube.list("v1", "Pod", namespace, {f"modelyard.dev/{KIND_LABEL}": name}),
+        pods=kube.list("v1", "Pod", namespace, {DEPLOYMENT_LABEL: name}),
         url=service_url(md, settings),
         now=datetime.now(UTC),
     )

@@ -10,10 +10,9 @@ from pydantic import ValidationError
 
 from modelyard_operator.api.meta import API_VERSION
 from modelyard_operator.api.training import ModelTraining, ModelTrainingStatus
-from modelyard_operator.builders.common import controlled_by, with_spec_hash
+from modelyard_operator.builders.common import with_spec_hash
 from modelyard_operator.builders.training import (
     KIND,
-    KIND_LABEL,
     job,
     progress_config_map_name,
     static_children,
@@ -27,6 +26,8 @@ from modelyard_operator.handlers.common import (
     write_status,
 )
 from modelyard_operator.kube import Kube
+from modelyard_operator.names import TRAINING_LABEL
+from modelyard_operator.ownership import controlled_by
 from modelyard_operator.settings import Settings
 from modelyard_operator.status.training import Observed, Plan, parse_progress, plan_training
 from modelyard_trainer.config import format_validation_error
@@ -50,7 +51,7 @@ def reconcile_training(
         write_status(kube, body, status)
         return None, "Failed"
 
-    selector = {f"modelyard.dev/{KIND_LABEL}": name}
+    selector = {TRAINING_LABEL: name}
     observed = Observed(
         jobs=kube.list("batch/v1", "Job", namespace, selector),
         pods=kube.list("v1", "Pod", namespace, selector),

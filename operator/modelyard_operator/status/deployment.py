@@ -31,14 +31,13 @@ from modelyard_operator.api.deployment import (
     ServedModel,
 )
 from modelyard_operator.api.training import ModelTrainingStatus, TrainingResultStatus
-from modelyard_operator.builders.common import Manifest
-from modelyard_operator.builders.deployment import (
-    FETCH_CONTAINER,
+from modelyard_operator.builders.deployment import FETCH_CONTAINER, SERVER_CONTAINER
+from modelyard_operator.names import (
     MODEL_SHA256_ANNOTATION,
     MODEL_URI_ANNOTATION,
-    SERVER_CONTAINER,
     TEMPLATE_HASH_ANNOTATION,
 )
+from modelyard_operator.ownership import Manifest
 from modelyard_operator.status.conditions import (
     CHILD_REJECTED,
     Event,
