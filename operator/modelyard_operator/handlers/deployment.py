@@ -41,7 +41,7 @@ from modelyard_operator.status.deployment import (
     plan_deployment,
     resolve_model,
 )
-from modelyard_trainer.config import format_validation_error
+from modelyard_operator.validation import format_validation_error
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from modelyard_operator.names import TRAINING_LABEL
 from modelyard_operator.ownership import controlled_by
 from modelyard_operator.settings import Settings
 from modelyard_operator.status.training import Observed, Plan, parse_progress, plan_training
-from modelyard_trainer.config import format_validation_error
+from modelyard_operator.validation import format_validation_error
 from modelyard_trainer.contracts import PROGRESS_DATA_KEY, ProgressRecord
 
 log = logging.getLogger(__name__)
