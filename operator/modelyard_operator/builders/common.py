@@ -79,13 +79,18 @@ def child(
     }
 
 
+def spec_hash(obj: Any) -> str:
+    """A short hash of what we want (a manifest, a pod template): equal for equal content,
+    whatever the order of its keys."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def with_spec_hash(manifest: Manifest) -> Manifest:
     """Stamp the manifest with a hash of itself: a change of what we want, removals included
     (which a comparison of the fields we set cannot see), changes the annotation, and so is
     applied (see kube.drifted)."""
-    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
     metadata = manifest["metadata"]
-    annotations = {**metadata.get("annotations", {}), SPEC_HASH_ANNOTATION: digest}
+    annotations = {**metadata.get("annotations", {}), SPEC_HASH_ANNOTATION: spec_hash(manifest)}
     return {**manifest, "metadata": {**metadata, "annotations": annotations}}
 
 

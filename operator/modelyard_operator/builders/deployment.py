@@ -6,8 +6,6 @@ status planner's decision (status/deployment.py); these functions only render it
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from typing import Any
 
@@ -23,6 +21,7 @@ from modelyard_operator.builders.common import (
     restricted_container_security,
     restricted_pod_security,
     scheduling_fields,
+    spec_hash,
     user_env,
 )
 from modelyard_operator.names import (
@@ -105,10 +104,6 @@ def _model_source_path(model: ServedModel) -> tuple[str | None, str]:
         return None, model.uri
     claim, path = pvc_claim_and_path(model.uri)
     return claim, f"{PVC_MOUNT_ROOT}/{claim}/{path}"
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def model_annotations(model: ServedModel) -> dict[str, str]:
@@ -259,7 +254,7 @@ def server_deployment(md: ModelDeployment, model: ServedModel, settings: Setting
         "metadata": {"labels": pod_labels, "annotations": pod_annotations},
         "spec": pod_spec,
     }
-    pod_annotations[TEMPLATE_HASH_ANNOTATION] = _digest(template)
+    pod_annotations[TEMPLATE_HASH_ANNOTATION] = spec_hash(template)
     rollout = spec.rollout
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector_labels(md)},
