@@ -7,12 +7,11 @@ import threading
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
 
 from pydantic import ValidationError
 
 from modelyard_operator.api.deployment import ModelDeployment, ModelDeploymentStatus, ServedModel
-from modelyard_operator.api.meta import API_VERSION, Condition
+from modelyard_operator.api.meta import API_VERSION
 from modelyard_operator.api.training import ModelTrainingStatus, Output
 from modelyard_operator.builders.common import pvc_claim_and_path
 from modelyard_operator.builders.common import with_spec_hash as stamped
@@ -27,6 +26,7 @@ from modelyard_operator.builders.deployment import (
 from modelyard_operator.handlers.common import (
     apply_children,
     dumped,
+    invalid_spec_status,
     namespace_terminating,
     write_status,
 )
@@ -34,7 +34,7 @@ from modelyard_operator.kube import UNREAD, ApiError, Kube, manifest_path
 from modelyard_operator.names import DEPLOYMENT_LABEL, FIELD_MANAGER
 from modelyard_operator.ownership import Manifest
 from modelyard_operator.settings import Settings
-from modelyard_operator.status.conditions import condition_is, set_condition
+from modelyard_operator.status.conditions import condition_is
 from modelyard_operator.status.deployment import (
     Observed,
     Plan,
@@ -133,7 +133,8 @@ def reconcile_deployment(
     try:
         md = ModelDeployment.model_validate(body)
     except ValidationError as error:
-        write_status(kube, body, _invalid_spec_status(body, format_validation_error(error)))
+        status = invalid_spec_status(body, format_validation_error(error), ("Ready", False))
+        write_status(kube, body, status)
         return None, "InvalidSpec"
     if index is not None:
         index.record(namespace, name, md.spec.model.from_training)
@@ -304,24 +305,6 @@ def _delete_unwanted(kube: Kube, md: ModelDeployment, wanted_kinds: set[str]) ->
         if kind in wanted_kinds:
             continue
         kube.delete_owned(api_version, kind, meta.namespace, meta.name, meta.uid)
-
-
-def _invalid_spec_status(body: Manifest, message: str) -> dict[str, Any]:
-    """A spec that the API server accepted but our models refuse (e.g. an older CRD)."""
-    live = body.get("status") or {}
-    try:
-        conditions = [Condition.model_validate(c) for c in live.get("conditions") or []]
-    except ValidationError:
-        conditions = []
-    generation = int(body["metadata"].get("generation", 1))
-    conditions = set_condition(
-        conditions, "Ready", False, "InvalidSpec", message, datetime.now(UTC), generation
-    )
-    return {
-        **live,
-        "observedGeneration": generation,
-        "conditions": [dumped(c) for c in conditions],
-    }
 
 
 def _state(plan: Plan) -> str:

@@ -47,7 +47,9 @@ def reconcile_training(
     try:
         mt = ModelTraining.model_validate(body)
     except ValidationError as error:
-        status = invalid_spec_status(body, format_validation_error(error))
+        status = invalid_spec_status(
+            body, format_validation_error(error), ("Failed", True), phase="Failed"
+        )
         write_status(kube, body, status)
         return None, "Failed"
 
