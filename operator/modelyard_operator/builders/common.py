@@ -149,10 +149,3 @@ def user_env(pod: PodOverrides) -> list[dict[str, Any]]:
 def resources(requirements: ResourceRequirements) -> dict[str, Any]:
     parts = {"requests": requirements.requests, "limits": requirements.limits}
     return {key: dict(value) for key, value in parts.items() if value}
-
-
-def pvc_claim_and_path(uri: str) -> tuple[str, str]:
-    """`pvc://claim/some/path` -> ('claim', 'some/path')."""
-    rest = uri.removeprefix("pvc://")
-    claim, _, path = rest.partition("/")
-    return claim, path.strip("/")

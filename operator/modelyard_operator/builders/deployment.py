@@ -16,7 +16,6 @@ from modelyard_operator.builders.common import (
     child,
     labels,
     pod_override_fields,
-    pvc_claim_and_path,
     resources,
     restricted_container_security,
     restricted_pod_security,
@@ -35,7 +34,7 @@ from modelyard_operator.ownership import Manifest
 from modelyard_operator.settings import Settings
 from modelyard_server import contracts
 from modelyard_server.config import env_name
-from modelyard_storage.uri import is_s3
+from modelyard_storage.uri import PvcUri, parse_uri
 
 KIND = "ModelDeployment"
 SERVER_CONTAINER = "server"
@@ -100,10 +99,10 @@ def _int_or_percent(value: str) -> int | str:
 
 def _model_source_path(model: ServedModel) -> tuple[str | None, str]:
     """(claim to mount or None, what the fetch container reads: a path or an s3:// URI)."""
-    if is_s3(model.uri):
+    source = parse_uri(model.uri, "model.uri")
+    if not isinstance(source, PvcUri):
         return None, model.uri
-    claim, path = pvc_claim_and_path(model.uri)
-    return claim, f"{PVC_MOUNT_ROOT}/{claim}/{path}"
+    return source.claim, f"{PVC_MOUNT_ROOT}/{source.claim}/{source.path}"
 
 
 def model_annotations(model: ServedModel) -> dict[str, str]:

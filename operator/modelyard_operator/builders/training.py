@@ -12,7 +12,6 @@ from modelyard_operator.builders.common import (
     child,
     labels,
     pod_override_fields,
-    pvc_claim_and_path,
     resources,
     restricted_container_security,
     restricted_pod_security,
@@ -22,7 +21,7 @@ from modelyard_operator.builders.common import (
 from modelyard_operator.names import ATTEMPT_LABEL, GENERATION_LABEL, QUEUE_LABEL, TRAINING_LABEL
 from modelyard_operator.ownership import Manifest
 from modelyard_operator.settings import Settings
-from modelyard_storage.uri import is_s3
+from modelyard_storage.uri import PvcUri, parse_uri
 from modelyard_trainer import contracts
 from modelyard_trainer.config import TRAINER_SPEC_KEYS
 
@@ -193,13 +192,10 @@ def _worker_env(mt: ModelTraining, attempt: int, settings: Settings) -> list[dic
 
 def _claims(mt: ModelTraining) -> list[str]:
     """Claims to mount under the PVC root: the output's and the data's, when on a PVC."""
-    claims = []
-    if mt.spec.output.uri.startswith("pvc://"):
-        claims.append(pvc_claim_and_path(mt.spec.output.uri)[0])
-    data_uri = mt.spec.data.source.uri
-    if data_uri and data_uri.startswith("pvc://"):
-        claims.append(pvc_claim_and_path(data_uri)[0])
-    return sorted(set(claims))
+    uris = (mt.spec.output.uri, mt.spec.data.source.uri)
+    return sorted(
+        {parsed.claim for uri in uris if uri and isinstance(parsed := parse_uri(uri), PvcUri)}
+    )
 
 
 def _command(mt: ModelTraining, output_dir: str) -> list[str]:
@@ -214,11 +210,12 @@ def _command(mt: ModelTraining, output_dir: str) -> list[str]:
 def job(mt: ModelTraining, attempt: int, settings: Settings) -> Manifest:
     """One attempt: an Indexed Job whose pods form one DDP gang."""
     spec, meta = mt.spec, mt.metadata
-    if is_s3(spec.output.uri):
-        output_dir = S3_SCRATCH_OUTPUT
+    output = parse_uri(spec.output.uri, "output.uri")
+    if isinstance(output, PvcUri):
+        parts = (contracts.DEFAULT_PVC_MOUNT_ROOT, output.claim, output.path)
+        output_dir = "/".join(p for p in parts if p)
     else:
-        claim, prefix = pvc_claim_and_path(spec.output.uri)
-        output_dir = "/".join(p for p in (contracts.DEFAULT_PVC_MOUNT_ROOT, claim, prefix) if p)
+        output_dir = S3_SCRATCH_OUTPUT
     job_labels = {
         **training_labels(mt, "worker"),
         ATTEMPT_LABEL: str(attempt),

@@ -13,7 +13,6 @@ from pydantic import ValidationError
 from modelyard_operator.api.deployment import ModelDeployment, ModelDeploymentStatus, ServedModel
 from modelyard_operator.api.meta import API_VERSION
 from modelyard_operator.api.training import ModelTrainingStatus, Output
-from modelyard_operator.builders.common import pvc_claim_and_path
 from modelyard_operator.builders.common import with_spec_hash as stamped
 from modelyard_operator.builders.deployment import (
     KIND,
@@ -42,6 +41,7 @@ from modelyard_operator.status.deployment import (
     resolve_model,
 )
 from modelyard_operator.validation import format_validation_error
+from modelyard_storage.uri import PvcUri, parse_uri
 
 log = logging.getLogger(__name__)
 
@@ -217,9 +217,10 @@ _claims = ClaimMemo()
 
 
 def _claim_exists(kube: Kube, settings: Settings, namespace: str, model: ServedModel) -> bool:
-    if not model.uri.startswith("pvc://"):
+    source = parse_uri(model.uri, "model.uri")
+    if not isinstance(source, PvcUri):
         return True  # object storage: no claim to look for
-    claim, _ = pvc_claim_and_path(model.uri)
+    claim = source.claim
     if _claims.fresh(namespace, claim, settings.resync_seconds):
         return True
     try:

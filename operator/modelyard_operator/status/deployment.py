@@ -50,7 +50,7 @@ from modelyard_operator.status.conditions import (
 )
 from modelyard_operator.status.training import inside_run, run_location
 from modelyard_server.contracts import parse_load_failure
-from modelyard_storage.uri import PVC_URI_PATTERN, S3_URI_PATTERN, is_s3
+from modelyard_storage.uri import PVC_URI_PATTERN, S3_URI_PATTERN, PvcUri, is_s3, parse_uri
 
 RESOLVED = "Resolved"
 # Waiting reasons of a container that will not get better by waiting.
@@ -484,13 +484,13 @@ def _resolve(run: _Pass) -> ServedModel | None:
     resolution, status = run.observed.resolution, run.status
     model, reason, message = resolution.model, resolution.reason, resolution.message
     # Only pvc:// models live in a claim; an s3:// model's problems show in the fetcher's report.
-    if model is not None and model.uri.startswith("pvc://") and not run.observed.claim_found:
-        claim = model.uri.removeprefix("pvc://").split("/", 1)[0]
-        model, reason = None, "ClaimNotFound"
+    source = parse_uri(model.uri, "model.uri") if model is not None else None
+    if model is not None and isinstance(source, PvcUri) and not run.observed.claim_found:
         message = (
-            f"PersistentVolumeClaim {claim!r} of {resolution.model.uri if resolution.model else ''}"
+            f"PersistentVolumeClaim {source.claim!r} of {model.uri}"
             f" does not exist in namespace {run.md.metadata.namespace}"
         )
+        model, reason = None, "ClaimNotFound"
     rejected = status.rejected_model
     if model is not None and rejected is not None and same_model(model, rejected):
         model, reason = None, "ModelRejected"

@@ -42,13 +42,13 @@ from modelyard_operator.status.conditions import (
     rfc3339,
     set_condition,
 )
+from modelyard_storage.uri import join_uri
 from modelyard_trainer.contracts import (
     PERMANENT_EXIT_CODES,
     ProgressRecord,
     TrainingFailure,
     TrainingResult,
     artifact_relpath,
-    join_uri,
     parse_termination_message,
 )
 
