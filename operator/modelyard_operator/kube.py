@@ -27,13 +27,9 @@ import httpx
 from kubernetes import config as kube_config
 from kubernetes.client import Configuration
 
-from modelyard_operator.builders.common import (
-    FIELD_MANAGER,
-    Manifest,
-    controlled_by,
-    controller_uid,
-)
 from modelyard_operator.metrics import API_REQUEST_SECONDS, API_REQUESTS
+from modelyard_operator.names import FIELD_MANAGER
+from modelyard_operator.ownership import Manifest, controlled_by, controller_uid
 
 log = logging.getLogger(__name__)
 

@@ -13,13 +13,16 @@ from modelyard_operator.api.meta import (
     ResourceRequirements,
     Scheduling,
 )
-
-FIELD_MANAGER = "modelyard-operator"
-MANAGED_BY = "modelyard-operator"
-PART_OF = "modelyard"
-SPEC_HASH_ANNOTATION = "modelyard.dev/spec-hash"
-
-Manifest = dict[str, Any]
+from modelyard_operator.names import (
+    COMPONENT_LABEL,
+    INSTANCE_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    NAME_LABEL,
+    PART_OF,
+    SPEC_HASH_ANNOTATION,
+)
+from modelyard_operator.ownership import Manifest
 
 # sizeLimit of the disk-backed emptyDirs of our pods, so that a pod that fills one is evicted
 # instead of filling its node's disk (/dev/shm is memory-backed, sized by spec.shmSize).
@@ -31,13 +34,14 @@ SERVER_SCRATCH_SIZE = "1Gi"
 
 
 def labels(kind_label: str, name: str, component: str) -> dict[str, str]:
-    """Selector-safe labels of every child; never copied from the custom resource's own."""
+    """Selector-safe labels of every child; never copied from the custom resource's own.
+    `kind_label`: names.TRAINING_LABEL or names.DEPLOYMENT_LABEL."""
     return {
-        "app.kubernetes.io/name": PART_OF,
-        "app.kubernetes.io/instance": name,
-        "app.kubernetes.io/component": component,
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-        f"modelyard.dev/{kind_label}": name,
+        NAME_LABEL: PART_OF,
+        INSTANCE_LABEL: name,
+        COMPONENT_LABEL: component,
+        MANAGED_BY_LABEL: MANAGED_BY,
+        kind_label: name,
     }
 
 
@@ -50,21 +54,6 @@ def owner_reference(kind: str, meta: ObjectMeta) -> dict[str, Any]:
         "controller": True,
         "blockOwnerDeletion": True,
     }
-
-
-def controller_uid(obj: Manifest) -> str | None:
-    """The uid of the object's controller (the ownerReference with controller: true)."""
-    for reference in (obj.get("metadata") or {}).get("ownerReferences") or []:
-        if reference.get("controller"):
-            return str(reference.get("uid"))
-    return None
-
-
-def controlled_by(obj: Manifest, uid: str) -> bool:
-    """Whether `uid` controls the object: only such an object is ours to write or delete (a
-    label or a name can be copied by anyone; a controller reference to our uid is made by us,
-    or by a controller of ours such as the Job controller for its pods)."""
-    return bool(uid) and controller_uid(obj) == uid
 
 
 def child(
@@ -90,13 +79,18 @@ def child(
     }
 
 
+def spec_hash(obj: Any) -> str:
+    """A short hash of what we want (a manifest, a pod template): equal for equal content,
+    whatever the order of its keys."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def with_spec_hash(manifest: Manifest) -> Manifest:
     """Stamp the manifest with a hash of itself: a change of what we want, removals included
     (which a comparison of the fields we set cannot see), changes the annotation, and so is
     applied (see kube.drifted)."""
-    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
     metadata = manifest["metadata"]
-    annotations = {**metadata.get("annotations", {}), SPEC_HASH_ANNOTATION: digest}
+    annotations = {**metadata.get("annotations", {}), SPEC_HASH_ANNOTATION: spec_hash(manifest)}
     return {**manifest, "metadata": {**metadata, "annotations": annotations}}
 
 
@@ -155,10 +149,3 @@ def user_env(pod: PodOverrides) -> list[dict[str, Any]]:
 def resources(requirements: ResourceRequirements) -> dict[str, Any]:
     parts = {"requests": requirements.requests, "limits": requirements.limits}
     return {key: dict(value) for key, value in parts.items() if value}
-
-
-def pvc_claim_and_path(uri: str) -> tuple[str, str]:
-    """`pvc://claim/some/path` -> ('claim', 'some/path')."""
-    rest = uri.removeprefix("pvc://")
-    claim, _, path = rest.partition("/")
-    return claim, path.strip("/")

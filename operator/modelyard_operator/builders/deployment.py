@@ -6,8 +6,6 @@ status planner's decision (status/deployment.py); these functions only render it
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from typing import Any
 
@@ -15,32 +13,32 @@ from modelyard_operator.api.deployment import ModelDeployment, ServedModel
 from modelyard_operator.builders.common import (
     SERVER_MODEL_SIZE,
     SERVER_SCRATCH_SIZE,
-    Manifest,
     child,
     labels,
     pod_override_fields,
-    pvc_claim_and_path,
     resources,
     restricted_container_security,
     restricted_pod_security,
     scheduling_fields,
+    spec_hash,
     user_env,
 )
+from modelyard_operator.names import (
+    DEPLOYMENT_LABEL,
+    INSTANCE_LABEL,
+    MODEL_SHA256_ANNOTATION,
+    MODEL_URI_ANNOTATION,
+    TEMPLATE_HASH_ANNOTATION,
+)
+from modelyard_operator.ownership import Manifest
 from modelyard_operator.settings import Settings
 from modelyard_server import contracts
 from modelyard_server.config import env_name
-from modelyard_storage.uri import is_s3
+from modelyard_storage.uri import PvcUri, parse_uri
 
 KIND = "ModelDeployment"
-KIND_LABEL = "deployment"
 SERVER_CONTAINER = "server"
 FETCH_CONTAINER = "fetch"
-# The pod template says which model it serves: the planner tells a rollout's pods by these.
-MODEL_URI_ANNOTATION = "modelyard.dev/model-uri"
-MODEL_SHA256_ANNOTATION = "modelyard.dev/model-sha256"
-# A hash of the pod template itself: tells the pods of the Deployment's current template from
-# those of earlier ones that still run (or still fail) during a rollout.
-TEMPLATE_HASH_ANNOTATION = "modelyard.dev/template-hash"
 PVC_MOUNT_ROOT = "/mnt/pvc"
 MODEL_DIR = "/models"
 MODEL_FILE = "model.onnx"
@@ -57,14 +55,14 @@ STARTUP_PERIOD_SECONDS = 2
 
 
 def deployment_labels(md: ModelDeployment, component: str) -> dict[str, str]:
-    return labels(KIND_LABEL, md.metadata.name, component)
+    return labels(DEPLOYMENT_LABEL, md.metadata.name, component)
 
 
 def selector_labels(md: ModelDeployment) -> dict[str, str]:
     """Immutable in a Deployment: only what never changes for this object."""
     return {
-        "app.kubernetes.io/instance": md.metadata.name,
-        f"modelyard.dev/{KIND_LABEL}": md.metadata.name,
+        INSTANCE_LABEL: md.metadata.name,
+        DEPLOYMENT_LABEL: md.metadata.name,
     }
 
 
@@ -101,14 +99,10 @@ def _int_or_percent(value: str) -> int | str:
 
 def _model_source_path(model: ServedModel) -> tuple[str | None, str]:
     """(claim to mount or None, what the fetch container reads: a path or an s3:// URI)."""
-    if is_s3(model.uri):
+    source = parse_uri(model.uri, "model.uri")
+    if not isinstance(source, PvcUri):
         return None, model.uri
-    claim, path = pvc_claim_and_path(model.uri)
-    return claim, f"{PVC_MOUNT_ROOT}/{claim}/{path}"
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+    return source.claim, f"{PVC_MOUNT_ROOT}/{source.claim}/{source.path}"
 
 
 def model_annotations(model: ServedModel) -> dict[str, str]:
@@ -259,7 +253,7 @@ def server_deployment(md: ModelDeployment, model: ServedModel, settings: Setting
         "metadata": {"labels": pod_labels, "annotations": pod_annotations},
         "spec": pod_spec,
     }
-    pod_annotations[TEMPLATE_HASH_ANNOTATION] = _digest(template)
+    pod_annotations[TEMPLATE_HASH_ANNOTATION] = spec_hash(template)
     rollout = spec.rollout
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector_labels(md)},

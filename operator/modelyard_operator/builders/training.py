@@ -9,27 +9,23 @@ import yaml
 from modelyard_operator.api.training import ModelTraining
 from modelyard_operator.builders.common import (
     TRAINER_SCRATCH_SIZE,
-    Manifest,
     child,
     labels,
     pod_override_fields,
-    pvc_claim_and_path,
     resources,
     restricted_container_security,
     restricted_pod_security,
     scheduling_fields,
     user_env,
 )
+from modelyard_operator.names import ATTEMPT_LABEL, GENERATION_LABEL, QUEUE_LABEL, TRAINING_LABEL
+from modelyard_operator.ownership import Manifest
 from modelyard_operator.settings import Settings
-from modelyard_storage.uri import is_s3
+from modelyard_storage.uri import PvcUri, parse_uri
 from modelyard_trainer import contracts
 from modelyard_trainer.config import TRAINER_SPEC_KEYS
 
 KIND = "ModelTraining"
-KIND_LABEL = "training"
-ATTEMPT_LABEL = "modelyard.dev/attempt"
-GENERATION_LABEL = "modelyard.dev/generation"
-QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 CONTAINER = "trainer"
 CONFIG_DIR = "/etc/modelyard"
@@ -60,7 +56,7 @@ def rendezvous_id(mt: ModelTraining, attempt: int) -> str:
 
 
 def training_labels(mt: ModelTraining, component: str) -> dict[str, str]:
-    return labels(KIND_LABEL, mt.metadata.name, component)
+    return labels(TRAINING_LABEL, mt.metadata.name, component)
 
 
 def _child(
@@ -122,7 +118,7 @@ def headless_service(mt: ModelTraining, settings: Settings) -> Manifest:
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
-            "selector": {f"modelyard.dev/{KIND_LABEL}": mt.metadata.name},
+            "selector": {TRAINING_LABEL: mt.metadata.name},
             "ports": [{"name": "rendezvous", "port": settings.master_port, "protocol": "TCP"}],
         }
     }
@@ -131,7 +127,7 @@ def headless_service(mt: ModelTraining, settings: Settings) -> Manifest:
 
 def network_policy(mt: ModelTraining) -> Manifest:
     """Only the gang reaches its workers: rendezvous and the collectives' (ephemeral) ports."""
-    gang = {"matchLabels": {f"modelyard.dev/{KIND_LABEL}": mt.metadata.name}}
+    gang = {"matchLabels": {TRAINING_LABEL: mt.metadata.name}}
     body = {
         "spec": {
             "podSelector": gang,
@@ -196,13 +192,10 @@ def _worker_env(mt: ModelTraining, attempt: int, settings: Settings) -> list[dic
 
 def _claims(mt: ModelTraining) -> list[str]:
     """Claims to mount under the PVC root: the output's and the data's, when on a PVC."""
-    claims = []
-    if mt.spec.output.uri.startswith("pvc://"):
-        claims.append(pvc_claim_and_path(mt.spec.output.uri)[0])
-    data_uri = mt.spec.data.source.uri
-    if data_uri and data_uri.startswith("pvc://"):
-        claims.append(pvc_claim_and_path(data_uri)[0])
-    return sorted(set(claims))
+    uris = (mt.spec.output.uri, mt.spec.data.source.uri)
+    return sorted(
+        {parsed.claim for uri in uris if uri and isinstance(parsed := parse_uri(uri), PvcUri)}
+    )
 
 
 def _command(mt: ModelTraining, output_dir: str) -> list[str]:
@@ -217,11 +210,12 @@ def _command(mt: ModelTraining, output_dir: str) -> list[str]:
 def job(mt: ModelTraining, attempt: int, settings: Settings) -> Manifest:
     """One attempt: an Indexed Job whose pods form one DDP gang."""
     spec, meta = mt.spec, mt.metadata
-    if is_s3(spec.output.uri):
-        output_dir = S3_SCRATCH_OUTPUT
+    output = parse_uri(spec.output.uri, "output.uri")
+    if isinstance(output, PvcUri):
+        parts = (contracts.DEFAULT_PVC_MOUNT_ROOT, output.claim, output.path)
+        output_dir = "/".join(p for p in parts if p)
     else:
-        claim, prefix = pvc_claim_and_path(spec.output.uri)
-        output_dir = "/".join(p for p in (contracts.DEFAULT_PVC_MOUNT_ROOT, claim, prefix) if p)
+        output_dir = S3_SCRATCH_OUTPUT
     job_labels = {
         **training_labels(mt, "worker"),
         ATTEMPT_LABEL: str(attempt),

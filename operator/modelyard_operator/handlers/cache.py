@@ -24,13 +24,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from modelyard_operator.builders.common import FIELD_MANAGER, MANAGED_BY, Manifest
 from modelyard_operator.kube import ApiError, Kube, resource_path
 from modelyard_operator.metrics import CACHED_OBJECTS
+from modelyard_operator.names import FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL
+from modelyard_operator.ownership import Manifest
 
 log = logging.getLogger(__name__)
 
-MANAGED_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
+MANAGED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
 CACHED_KINDS: tuple[tuple[str, str], ...] = (
     ("apps/v1", "Deployment"),
     ("batch/v1", "Job"),
@@ -404,7 +405,7 @@ class CachedKube(Kube):
         kind = str(obj.get("kind"))
         store = self.stores.get(kind)
         labels = (obj.get("metadata") or {}).get("labels") or {}
-        ours = labels.get("app.kubernetes.io/managed-by") == MANAGED_BY
+        ours = labels.get(MANAGED_BY_LABEL) == MANAGED_BY
         if store is not None and (ours or kind in CUSTOM_RESOURCE_KINDS):
             store.put(obj)
 

@@ -8,11 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from modelyard_operator.api.meta import Condition
-from modelyard_operator.builders.common import Manifest
 from modelyard_operator.kube import UNREAD, ApiError, ForeignObject, Kube
+from modelyard_operator.ownership import Manifest
 from modelyard_operator.status.conditions import set_condition
 
 T = TypeVar("T")
@@ -103,17 +103,34 @@ def namespace_terminating(kube: Kube, namespace: str) -> bool:
     return bool(found["metadata"].get("deletionTimestamp"))
 
 
-def invalid_spec_status(body: Manifest, message: str) -> dict[str, Any]:
-    """A spec that the API server accepted but our models refuse (e.g. an older CRD)."""
+def invalid_spec_status(
+    body: Manifest, message: str, condition: tuple[str, bool], phase: str | None = None
+) -> dict[str, Any]:
+    """The status of a custom resource whose spec the API server accepted but our models refuse
+    (e.g. an older CRD): `condition` (type, status) set with reason InvalidSpec, and `phase`
+    when the kind has one. Conditions that our models cannot read either (written under an
+    older CRD too) are replaced rather than raised on, so that the refusal is still said."""
     live = body.get("status") or {}
-    conditions = [Condition.model_validate(c) for c in live.get("conditions") or []]
+    try:
+        conditions = [Condition.model_validate(c) for c in live.get("conditions") or []]
+    except ValidationError:
+        conditions = []
     generation = int(body["metadata"].get("generation", 1))
+    condition_type, condition_status = condition
     conditions = set_condition(
-        conditions, "Failed", True, "InvalidSpec", message, datetime.now(UTC), generation
+        conditions,
+        condition_type,
+        condition_status,
+        "InvalidSpec",
+        message,
+        datetime.now(UTC),
+        generation,
     )
-    return {
+    status = {
         **live,
         "observedGeneration": generation,
-        "phase": "Failed",
         "conditions": [dumped(c) for c in conditions],
     }
+    if phase is not None:
+        status["phase"] = phase
+    return status

@@ -7,22 +7,15 @@ import threading
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
 
 from pydantic import ValidationError
 
 from modelyard_operator.api.deployment import ModelDeployment, ModelDeploymentStatus, ServedModel
-from modelyard_operator.api.meta import API_VERSION, Condition
+from modelyard_operator.api.meta import API_VERSION
 from modelyard_operator.api.training import ModelTrainingStatus, Output
-from modelyard_operator.builders.common import (
-    FIELD_MANAGER,
-    Manifest,
-    pvc_claim_and_path,
-)
 from modelyard_operator.builders.common import with_spec_hash as stamped
 from modelyard_operator.builders.deployment import (
     KIND,
-    KIND_LABEL,
     OPTIONAL_KINDS,
     SERVICE_MONITOR_CRD,
     children,
@@ -32,19 +25,23 @@ from modelyard_operator.builders.deployment import (
 from modelyard_operator.handlers.common import (
     apply_children,
     dumped,
+    invalid_spec_status,
     namespace_terminating,
     write_status,
 )
 from modelyard_operator.kube import UNREAD, ApiError, Kube, manifest_path
+from modelyard_operator.names import DEPLOYMENT_LABEL, FIELD_MANAGER
+from modelyard_operator.ownership import Manifest
 from modelyard_operator.settings import Settings
-from modelyard_operator.status.conditions import condition_is, set_condition
+from modelyard_operator.status.conditions import condition_is
 from modelyard_operator.status.deployment import (
     Observed,
     Plan,
     plan_deployment,
     resolve_model,
 )
-from modelyard_trainer.config import format_validation_error
+from modelyard_operator.validation import format_validation_error
+from modelyard_storage.uri import PvcUri, parse_uri
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +133,8 @@ def reconcile_deployment(
     try:
         md = ModelDeployment.model_validate(body)
     except ValidationError as error:
-        write_status(kube, body, _invalid_spec_status(body, format_validation_error(error)))
+        status = invalid_spec_status(body, format_validation_error(error), ("Ready", False))
+        write_status(kube, body, status)
         return None, "InvalidSpec"
     if index is not None:
         index.record(namespace, name, md.spec.model.from_training)
@@ -170,7 +168,7 @@ def _observe(kube: Kube, settings: Settings, md: ModelDeployment) -> Observed:
         or _claim_exists(kube, settings, namespace, resolution.model),
         # Ours or none: one of that name without our label stops the apply, not the plan.
         deployment=kube.get_managed("apps/v1", "Deployment", namespace, name),
-        pods=kube.list("v1", "Pod", namespace, {f"modelyard.dev/{KIND_LABEL}": name}),
+        pods=kube.list("v1", "Pod", namespace, {DEPLOYMENT_LABEL: name}),
         url=service_url(md, settings),
         now=datetime.now(UTC),
     )
@@ -219,9 +217,10 @@ _claims = ClaimMemo()
 
 
 def _claim_exists(kube: Kube, settings: Settings, namespace: str, model: ServedModel) -> bool:
-    if not model.uri.startswith("pvc://"):
+    source = parse_uri(model.uri, "model.uri")
+    if not isinstance(source, PvcUri):
         return True  # object storage: no claim to look for
-    claim, _ = pvc_claim_and_path(model.uri)
+    claim = source.claim
     if _claims.fresh(namespace, claim, settings.resync_seconds):
         return True
     try:
@@ -307,24 +306,6 @@ def _delete_unwanted(kube: Kube, md: ModelDeployment, wanted_kinds: set[str]) ->
         if kind in wanted_kinds:
             continue
         kube.delete_owned(api_version, kind, meta.namespace, meta.name, meta.uid)
-
-
-def _invalid_spec_status(body: Manifest, message: str) -> dict[str, Any]:
-    """A spec that the API server accepted but our models refuse (e.g. an older CRD)."""
-    live = body.get("status") or {}
-    try:
-        conditions = [Condition.model_validate(c) for c in live.get("conditions") or []]
-    except ValidationError:
-        conditions = []
-    generation = int(body["metadata"].get("generation", 1))
-    conditions = set_condition(
-        conditions, "Ready", False, "InvalidSpec", message, datetime.now(UTC), generation
-    )
-    return {
-        **live,
-        "observedGeneration": generation,
-        "conditions": [dumped(c) for c in conditions],
-    }
 
 
 def _state(plan: Plan) -> str:

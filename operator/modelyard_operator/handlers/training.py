@@ -10,10 +10,9 @@ from pydantic import ValidationError
 
 from modelyard_operator.api.meta import API_VERSION
 from modelyard_operator.api.training import ModelTraining, ModelTrainingStatus
-from modelyard_operator.builders.common import controlled_by, with_spec_hash
+from modelyard_operator.builders.common import with_spec_hash
 from modelyard_operator.builders.training import (
     KIND,
-    KIND_LABEL,
     job,
     progress_config_map_name,
     static_children,
@@ -27,9 +26,11 @@ from modelyard_operator.handlers.common import (
     write_status,
 )
 from modelyard_operator.kube import Kube
+from modelyard_operator.names import TRAINING_LABEL
+from modelyard_operator.ownership import controlled_by
 from modelyard_operator.settings import Settings
 from modelyard_operator.status.training import Observed, Plan, parse_progress, plan_training
-from modelyard_trainer.config import format_validation_error
+from modelyard_operator.validation import format_validation_error
 from modelyard_trainer.contracts import PROGRESS_DATA_KEY, ProgressRecord
 
 log = logging.getLogger(__name__)
@@ -46,11 +47,13 @@ def reconcile_training(
     try:
         mt = ModelTraining.model_validate(body)
     except ValidationError as error:
-        status = invalid_spec_status(body, format_validation_error(error))
+        status = invalid_spec_status(
+            body, format_validation_error(error), ("Failed", True), phase="Failed"
+        )
         write_status(kube, body, status)
         return None, "Failed"
 
-    selector = {f"modelyard.dev/{KIND_LABEL}": name}
+    selector = {TRAINING_LABEL: name}
     observed = Observed(
         jobs=kube.list("batch/v1", "Job", namespace, selector),
         pods=kube.list("v1", "Pod", namespace, selector),

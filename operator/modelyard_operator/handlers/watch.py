@@ -21,22 +21,21 @@ from typing import Any
 import kopf
 
 from modelyard_operator.api.meta import GROUP, VERSION
-from modelyard_operator.builders.common import Manifest
-from modelyard_operator.builders.deployment import KIND_LABEL as DEPLOYMENT_LABEL
-from modelyard_operator.builders.training import KIND_LABEL as TRAINING_LABEL
 from modelyard_operator.handlers.cache import CachedKube
 from modelyard_operator.handlers.deployment import TrainingIndex, reconcile_deployment
 from modelyard_operator.handlers.training import reconcile_training
 from modelyard_operator.kube import Kube
 from modelyard_operator.metrics import PhaseBook, measured, queue_wait_observer
+from modelyard_operator.names import DEPLOYMENT_LABEL, TRAINING_LABEL
+from modelyard_operator.ownership import Manifest
 from modelyard_operator.settings import Settings
 from modelyard_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
 OWNER_LABELS = {
-    f"modelyard.dev/{DEPLOYMENT_LABEL}": "deployments",
-    f"modelyard.dev/{TRAINING_LABEL}": "trainings",
+    DEPLOYMENT_LABEL: "deployments",
+    TRAINING_LABEL: "trainings",
 }
 # Child kinds whose every change may change the owner's status; any child's deletion counts too.
 STATUS_KINDS = {"Deployment", "Job"}

@@ -31,14 +31,13 @@ from modelyard_operator.api.deployment import (
     ServedModel,
 )
 from modelyard_operator.api.training import ModelTrainingStatus, TrainingResultStatus
-from modelyard_operator.builders.common import Manifest
-from modelyard_operator.builders.deployment import (
-    FETCH_CONTAINER,
+from modelyard_operator.builders.deployment import FETCH_CONTAINER, SERVER_CONTAINER
+from modelyard_operator.names import (
     MODEL_SHA256_ANNOTATION,
     MODEL_URI_ANNOTATION,
-    SERVER_CONTAINER,
     TEMPLATE_HASH_ANNOTATION,
 )
+from modelyard_operator.ownership import Manifest
 from modelyard_operator.status.conditions import (
     CHILD_REJECTED,
     Event,
@@ -51,7 +50,7 @@ from modelyard_operator.status.conditions import (
 )
 from modelyard_operator.status.training import inside_run, run_location
 from modelyard_server.contracts import parse_load_failure
-from modelyard_storage.uri import PVC_URI_PATTERN, S3_URI_PATTERN, is_s3
+from modelyard_storage.uri import PVC_URI_PATTERN, S3_URI_PATTERN, PvcUri, is_s3, parse_uri
 
 RESOLVED = "Resolved"
 # Waiting reasons of a container that will not get better by waiting.
@@ -485,13 +484,13 @@ def _resolve(run: _Pass) -> ServedModel | None:
     resolution, status = run.observed.resolution, run.status
     model, reason, message = resolution.model, resolution.reason, resolution.message
     # Only pvc:// models live in a claim; an s3:// model's problems show in the fetcher's report.
-    if model is not None and model.uri.startswith("pvc://") and not run.observed.claim_found:
-        claim = model.uri.removeprefix("pvc://").split("/", 1)[0]
-        model, reason = None, "ClaimNotFound"
+    source = parse_uri(model.uri, "model.uri") if model is not None else None
+    if model is not None and isinstance(source, PvcUri) and not run.observed.claim_found:
         message = (
-            f"PersistentVolumeClaim {claim!r} of {resolution.model.uri if resolution.model else ''}"
+            f"PersistentVolumeClaim {source.claim!r} of {model.uri}"
             f" does not exist in namespace {run.md.metadata.namespace}"
         )
+        model, reason = None, "ClaimNotFound"
     rejected = status.rejected_model
     if model is not None and rejected is not None and same_model(model, rejected):
         model, reason = None, "ModelRejected"

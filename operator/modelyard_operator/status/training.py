@@ -28,13 +28,9 @@ from modelyard_operator.api.training import (
     TrainingResultStatus,
     WorkerCounts,
 )
-from modelyard_operator.builders.common import controlled_by, controller_uid
-from modelyard_operator.builders.training import (
-    ATTEMPT_LABEL,
-    CONTAINER,
-    GENERATION_LABEL,
-    job_name,
-)
+from modelyard_operator.builders.training import CONTAINER, job_name
+from modelyard_operator.names import ATTEMPT_LABEL, GENERATION_LABEL
+from modelyard_operator.ownership import controlled_by, controller_uid
 from modelyard_operator.status.conditions import (
     Event,
     children_applied,
@@ -46,13 +42,13 @@ from modelyard_operator.status.conditions import (
     rfc3339,
     set_condition,
 )
+from modelyard_storage.uri import join_uri
 from modelyard_trainer.contracts import (
     PERMANENT_EXIT_CODES,
     ProgressRecord,
     TrainingFailure,
     TrainingResult,
     artifact_relpath,
-    join_uri,
     parse_termination_message,
 )
 

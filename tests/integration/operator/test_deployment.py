@@ -17,11 +17,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from modelyard_operator.builders.deployment import (
-    FETCH_CONTAINER,
-    MODEL_URI_ANNOTATION,
-    SERVER_CONTAINER,
-)
+from modelyard_operator.builders.deployment import FETCH_CONTAINER, SERVER_CONTAINER
+from modelyard_operator.names import MODEL_URI_ANNOTATION
 from modelyard_server.contracts import LoadFailure
 from tests.conftest import load_sample
 from tests.integration.operator.conftest import OPERATOR_USER, OperatorProcess

@@ -7,9 +7,9 @@ from typing import Any
 
 import httpx
 
-from modelyard_operator.builders.common import FIELD_MANAGER
 from modelyard_operator.handlers.cache import CachedKube, Store
 from modelyard_operator.kube import Kube
+from modelyard_operator.names import FIELD_MANAGER
 
 OWNER = "modelyard.dev/modeldeployment"
 

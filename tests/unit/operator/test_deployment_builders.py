@@ -13,8 +13,6 @@ import yaml
 from modelyard_operator.api import ModelDeployment
 from modelyard_operator.api.deployment import ServedModel
 from modelyard_operator.builders.deployment import (
-    MODEL_URI_ANNOTATION,
-    TEMPLATE_HASH_ANNOTATION,
     children,
     horizontal_pod_autoscaler,
     pod_disruption_budget,
@@ -23,6 +21,7 @@ from modelyard_operator.builders.deployment import (
     service_url,
     termination_grace_seconds,
 )
+from modelyard_operator.names import MODEL_URI_ANNOTATION, TEMPLATE_HASH_ANNOTATION
 from modelyard_operator.settings import Settings
 from modelyard_server.config import ServerSettings
 from tests.conftest import load_sample, with_changes

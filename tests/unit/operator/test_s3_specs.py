@@ -16,7 +16,7 @@ from modelyard_operator.api.deployment import ServedModel
 from modelyard_operator.builders.deployment import server_deployment
 from modelyard_operator.builders.training import S3_SCRATCH_OUTPUT, job
 from modelyard_operator.settings import Settings
-from modelyard_trainer.config import format_validation_error
+from modelyard_operator.validation import format_validation_error
 from tests.conftest import load_sample, with_changes
 
 GOLDEN = Path(__file__).parent / "golden"
