@@ -106,6 +106,11 @@ class CrdPresence:
             self._checked = (time.monotonic(), present)
         return present
 
+    def forget(self) -> None:
+        """Ask again next time (the API server no longer serves what we were told it has)."""
+        with self._lock:
+            self._checked = None
+
 
 _service_monitors: CrdPresence | None = None
 
@@ -266,7 +271,15 @@ def _apply_children(
         )
         return live_deployment if known else UNREAD
 
-    rejected = apply_children(kube, wanted, live)
+    try:
+        rejected = apply_children(kube, wanted, live)
+    except ApiError as error:
+        # 404 without an object: a kind the API server no longer serves (the ServiceMonitor
+        # CRD deleted since it was last asked); the retry asks again instead of waiting for
+        # the answer to expire while every child event fails the same way.
+        if error.status == 404 and monitor and _service_monitors is not None:
+            _service_monitors.forget()
+        raise
     absent = set() if crd else {"ServiceMonitor"}
     _delete_unwanted(kube, md, {m["kind"] for m in wanted} | absent)
     return rejected

@@ -583,3 +583,14 @@ def test_a_service_monitor_exists_only_with_its_crd_and_monitoring_on(
         wait_until(lambda: monitor() is None, timeout=30, what="ServiceMonitor m deleted")
     finally:
         extensions.delete_custom_resource_definition("servicemonitors.monitoring.coreos.com")
+    # The CRD is gone while the operator still remembers it: a new ModelDeployment's first
+    # ServiceMonitor gets a 404, after which the operator asks again instead of failing every
+    # pass until its answer expires (which held a status back for over a minute).
+    objects.create(PLURAL, model_deployment(name="m2"))
+    objects.wait_for(
+        PLURAL,
+        "m2",
+        lambda o: (o.get("status") or {}).get("observedGeneration") == 1,
+        timeout=20,
+        what="m2 reconciled",
+    )
