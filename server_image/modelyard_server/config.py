@@ -26,6 +26,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from modelyard_server import contracts
+
 ENV_PREFIX = "MODELYARD_SERVER_"
 
 MIB = 1024 * 1024
@@ -243,9 +245,11 @@ class ServerSettings(ServerConfig):
         max_length=253,
         description="Address the HTTP server binds to.",
     )
-    port: int = Field(default=8080, ge=1, le=65535, description="TCP port of the HTTP server.")
+    port: int = Field(
+        default=contracts.DEFAULT_PORT, ge=1, le=65535, description="TCP port of the HTTP server."
+    )
     grpc_port: int = Field(
-        default=8081,
+        default=contracts.DEFAULT_GRPC_PORT,
         ge=1,
         le=65535,
         description="TCP port of the gRPC server (Open Inference Protocol, GRPCInferenceService).",

@@ -134,6 +134,8 @@ def parse_load_failure(text: str | bytes | None) -> LoadFailure | None:
 
 DEFAULT_PORT = 8080
 PORT_NAME = "http"
+DEFAULT_GRPC_PORT = 8081
+GRPC_PORT_NAME = "grpc"
 
 ROUTE_SERVER_METADATA = "/v2"
 ROUTE_LIVE = "/v2/health/live"

@@ -43,6 +43,7 @@ PVC_MOUNT_ROOT = "/mnt/pvc"
 MODEL_DIR = "/models"
 MODEL_FILE = "model.onnx"
 HTTP_PORT = contracts.DEFAULT_PORT
+GRPC_PORT = contracts.DEFAULT_GRPC_PORT
 # The server exposes /metrics on its HTTP port; the Service names it separately so that a
 # ServiceMonitor (and a NetworkPolicy) can address metrics alone.
 METRICS_SERVICE_PORT = 9090
@@ -167,6 +168,7 @@ def _server_env(md: ModelDeployment, model: ServedModel) -> list[dict[str, Any]]
         env_name("model_name"): model_name(md),
         env_name("model_version"): model_version(model),
         env_name("port"): str(HTTP_PORT),
+        env_name("grpc_port"): str(GRPC_PORT),
     }
     env = [{"name": key, "value": value} for key, value in sorted(settings_env.items())]
     return env + user_env(md.spec.pod)
@@ -189,7 +191,10 @@ def _server_container(
         "imagePullPolicy": pull,
         "command": ["python", "-m", "modelyard_server"],
         "env": _server_env(md, model),
-        "ports": [{"name": contracts.PORT_NAME, "containerPort": HTTP_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": contracts.PORT_NAME, "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": contracts.GRPC_PORT_NAME, "containerPort": GRPC_PORT, "protocol": "TCP"},
+        ],
         "resources": resources(md.spec.resources),
         # Liveness waits until the model is loaded and warm; a slow load is not a hang.
         "startupProbe": _http_probe(ready_route, STARTUP_PERIOD_SECONDS, startup_failures),
@@ -292,6 +297,13 @@ def service(md: ModelDeployment) -> Manifest:
                     "port": HTTP_PORT,
                     "targetPort": contracts.PORT_NAME,
                     "protocol": "TCP",
+                },
+                {
+                    "name": contracts.GRPC_PORT_NAME,
+                    "port": GRPC_PORT,
+                    "targetPort": contracts.GRPC_PORT_NAME,
+                    "protocol": "TCP",
+                    "appProtocol": "grpc",
                 },
                 {
                     "name": "metrics",

@@ -177,7 +177,11 @@ def test_children_have_the_right_fields(objects: Objects, cluster: Cluster) -> N
     assert annotations[MODEL_URI_ANNOTATION] == MODEL_A
 
     service = objects.core.read_namespaced_service("m", ns)
-    assert {p.name: p.port for p in service.spec.ports} == {"http": 8080, "metrics": 9090}
+    assert {p.name: p.port for p in service.spec.ports} == {
+        "http": 8080,
+        "grpc": 8081,
+        "metrics": 9090,
+    }
     pdb = client.PolicyV1Api(objects.api).read_namespaced_pod_disruption_budget("m", ns)
     assert pdb.spec.max_unavailable == 1
     with pytest.raises(ApiException) as missing:
