@@ -220,7 +220,7 @@ class Demo:
             forward.terminate()
             forward.wait(timeout=10)
 
-    def infer(self, address: str, training_metrics: dict[str, float]) -> None:
+    def infer(self, address: str, training_metrics: dict[str, float], max_rows: int) -> None:
         step(f"inference through the Service ({address}) with an OIP client (tritonclient)")
         oip_client = oip.InferenceServerClient(address)
         wait_for(
@@ -232,7 +232,8 @@ class Demo:
         digits = load_digits()
         rows = digits.data.astype(np.float32)
         predictions = []
-        for batch in np.array_split(rows, 8):
+        # The server refuses a request of more rows than its maxBatchSize.
+        for batch in np.array_split(rows, -(-len(rows) // max_rows)):
             request = oip.InferInput(input_name, list(batch.shape), datatype)
             request.set_data_from_numpy(batch, binary_data=True)
             answer = oip_client.infer(SERVING, [request]).as_numpy(output_name)
@@ -339,7 +340,9 @@ def main() -> None:
     result = demo.train(training)
     demo.promote(deployment)
     with demo.service_address() as address:
-        demo.infer(address, dict(result.get("metrics") or {}))
+        demo.infer(
+            address, dict(result.get("metrics") or {}), deployment["spec"]["server"]["maxBatchSize"]
+        )
         demo.autoscale(address)
     step(f"done in {time.monotonic() - started:.0f} s")
     print(f"kubectl -n {args.namespace} get modeltrainings,modeldeployments,pods,hpa")

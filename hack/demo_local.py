@@ -23,6 +23,8 @@ import onnxruntime
 import tritonclient.http as oip
 from sklearn.datasets import load_digits
 
+from modelyard_server.config import ServerConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -97,11 +99,16 @@ def query(model: Path, port: int, metrics: dict[str, float]) -> None:
     name, datatype = metadata["inputs"][0]["name"], metadata["inputs"][0]["datatype"]
     digits = load_digits()
     rows = digits.data.astype(np.float32)
-    request = oip.InferInput(name, list(rows.shape), datatype)
-    request.set_data_from_numpy(rows, binary_data=True)
-    answer = client.infer("digits", [request]).as_numpy(metadata["outputs"][0]["name"])
     session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    direct = session.run(None, {name: rows})[0]
+    answers, directs = [], []
+    # The server refuses a request of more rows than its maxBatchSize (32 by default); ONNX
+    # Runtime in-process gets the same batches (its sums depend on the batch's size).
+    for batch in np.array_split(rows, -(-len(rows) // ServerConfig().max_batch_size)):
+        request = oip.InferInput(name, list(batch.shape), datatype)
+        request.set_data_from_numpy(batch, binary_data=True)
+        answers.append(client.infer("digits", [request]).as_numpy(metadata["outputs"][0]["name"]))
+        directs.append(session.run(None, {name: batch})[0])
+    answer, direct = np.concatenate(answers), np.concatenate(directs)
     served = answer.argmax(axis=1)
     print(f"first predictions: {served[:12].tolist()}  (labels {digits.target[:12].tolist()})")
     print(f"served == ONNX Runtime in-process: {bool(np.allclose(answer, direct, atol=1e-5))}")
