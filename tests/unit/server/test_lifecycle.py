@@ -22,7 +22,8 @@ from modelyard_server.contracts import parse_load_failure
 
 from .conftest import ServerProcess, free_port, http_get
 
-ROWS = 64  # rows per request to the slow model: tens of milliseconds of work each
+ROWS = 256  # rows per request to the slow model: tens of milliseconds of work each, even on
+# a fast idle machine (at 64 rows, 32 queued requests drained within the 0.5 s delay there)
 
 
 def _binary_request(rows: np.ndarray) -> tuple[bytes, dict[str, str]]:
