@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from kubernetes import client, config
@@ -18,15 +17,6 @@ from kubernetes.client.rest import ApiException
 
 from tests.e2e.node_support import NODE_ENV, RealNode, read_node_env
 from tests.integration.support import KUBECONFIG, fresh_namespace, namespace_name
-
-E2E_DIR = Path(__file__).resolve().parent
-
-
-@pytest.hookimpl(tryfirst=True)  # before the mark plugin applies -m
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if E2E_DIR in Path(item.path).resolve().parents:
-            item.add_marker(pytest.mark.node)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,6 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from kubernetes import client
@@ -34,15 +33,7 @@ from tests.integration.support import (
     namespace_name,
 )
 
-INTEGRATION_DIR = Path(__file__).resolve().parent
 START_TIMEOUT_S = 300
-
-
-@pytest.hookimpl(tryfirst=True)  # before the mark plugin applies -m
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if INTEGRATION_DIR in Path(item.path).resolve().parents:
-            item.add_marker(pytest.mark.cluster)
 
 
 def _cluster_sh(*args: str) -> None:

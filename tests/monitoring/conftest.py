@@ -15,15 +15,6 @@ import pytest
 from tests.conftest import ROOT
 from tests.integration.support import bin_dir, binaries_ready
 
-MONITORING_TESTS_DIR = Path(__file__).resolve().parent
-
-
-@pytest.hookimpl(tryfirst=True)  # before the mark plugin applies -m
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if MONITORING_TESTS_DIR in Path(item.path).resolve().parents:
-            item.add_marker(pytest.mark.chart)
-
 
 @pytest.fixture(scope="session")
 def prometheus_bin() -> Path:
