@@ -5,6 +5,9 @@ model loads; readiness turns true only after the warm-up inference. On SIGTERM r
 turns false first, the server keeps serving for `shutdown_delay_seconds` (Endpoints and load
 balancers need that long to stop routing here), then stops accepting connections and lets
 in-flight requests finish; it exits 0 within `shutdown_grace_seconds` of the signal.
+gRPC calls that reached the transport but not yet a handler when gRPC stops accepting are
+cancelled by gRPC itself (status CANCELLED); the delay, with readiness off, is what keeps new
+calls away before that moment.
 """
 
 from __future__ import annotations
