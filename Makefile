@@ -73,9 +73,13 @@ real-cluster-down:
 	$(REAL_CLUSTER) hack/node.sh down
 	$(REAL_CLUSTER) hack/cluster.sh down
 
-test-e2e: install real-cluster-up  ## tests with real pods on the real cluster
-	$(MAKE) images
-	$(REAL_CLUSTER) $(PY) -m pytest -m node tests/e2e $(PYTEST_ARGS)
+test-e2e: install kind-up  ## tests with real pods on the kind cluster (1 control plane, 2 workers)
+	$(MAKE) images kind-load-images
+	KUBECONFIG=$(CURDIR)/.cluster-kind/kubeconfig $(PY) -m pytest -m node tests/e2e $(PYTEST_ARGS)
+
+kind-load-images:  ## the project's images and busybox into the kind cluster's workers
+	MODELYARD_CLUSTER_DIR=$(CURDIR)/.cluster-kind hack/node-images.sh build
+	hack/kind/load-images.sh --archive .cluster-kind/node/images/busybox.tar $(IMAGES)
 
 s3-server:  ## the S3-compatible server of the storage tests (versitygw), built into the cache
 	hack/s3-server.sh
@@ -115,8 +119,10 @@ kind-up:  ## kind: 1 control plane + 2 workers, built here (KUBECONFIG=.cluster-
 kind-down:  ## delete the kind cluster, stop kind's Docker engine (the caches stay)
 	hack/kind/down.sh
 
-kind-demo: install  ## the demo on a kind cluster (Docker, kind, kubectl, helm, internet)
-	hack/kind-demo.sh
+kind-demo: install kind-up  ## the demo of `make demo` on the kind cluster of kind-up (two workers)
+	$(MAKE) images kind-load-images
+	$(PY) hack/demo.py --kubeconfig .cluster-kind/kubeconfig --kubectl $(K8S_BIN)/kubectl \
+		--helm $(K8S_BIN)/helm
 
 bench-operator-churn: install  ## operator RSS over a 10-minute create/update/delete churn
 	$(PY) bench/operator_churn.py $(BENCH_ARGS)

@@ -155,6 +155,36 @@ kubectl wait --for=condition=Ready node --all --timeout=180s >/dev/null
 for _ in $(seq 60); do routes_current && break; sleep 2; done
 routes_current || die "routes between the nodes' pod networks not set after 120 s (kind-routes pods)"
 kubectl -n kube-system wait --for=condition=Ready pod --all --timeout=180s >/dev/null
+
+# ------------------------------------------------------------------- routes
+# This machine reaches pods and Services as a client inside the cluster would (the e2e tests
+# call a model through its Service): each node's podCIDR via that node, the Service range via
+# the control plane, whose kube-proxy forwards (masquerading) to pods on any node.
+node_ip() { docker inspect -f '{{(index .NetworkSettings.Networks "kind").IPAddress}}' "$1"; }
+while read -r name cidr; do
+  ip route replace "$cidr" via "$(node_ip "$name")"
+done < <(kubectl get nodes -o jsonpath='{range .items[*]}{.metadata.name} {.spec.podCIDR}{"\n"}{end}')
+service_cidr="$(kubectl -n kube-system get configmap kubeadm-config \
+  -o jsonpath='{.data.ClusterConfiguration}' | sed -n 's/^ *serviceSubnet: *//p')"
+[[ -n "$service_cidr" ]] || die "no serviceSubnet in kube-system/kubeadm-config"
+ip route replace "$service_cidr" via "$(node_ip "$cluster-control-plane")"
+
+# ------------------------------------------------------------ metrics-server
+# Resource metrics for the HPA: an image made from the binary hack/node-binaries.sh builds.
+metrics_image="modelyard.local/metrics-server:$(hash "$METRICS_SERVER_BIN/../stamp")"
+metrics_archive="$cache/metrics-server-${metrics_image##*:}.tar"
+if [[ ! -f "$metrics_archive" ]]; then
+  root="$(mktemp -d)"
+  cp "$METRICS_SERVER_BIN/metrics-server" "$root/metrics-server"
+  mkdir -m 1777 "$root/tmp"
+  python3 "$HACK_DIR/node/oci_archive.py" --root "$root" --name "$metrics_image" \
+    --entrypoint /metrics-server -o "$metrics_archive.new" >&2
+  rm -rf "$root"
+  mv "$metrics_archive.new" "$metrics_archive"
+fi
+"$here/load-images.sh" --archive "$metrics_archive"
+sed "s|METRICS_SERVER_IMAGE|$metrics_image|" "$here/metrics-server.yaml" | kubectl apply -f - >/dev/null
+kubectl -n kube-system rollout status deployment metrics-server --timeout=180s >/dev/null
 kubectl get nodes -o wide >&2
 log "cluster $cluster ready in $((SECONDS - t))s (kind-up $((SECONDS - start))s)"
 log "export KUBECONFIG=$KUBECONFIG DOCKER_HOST=$DOCKER_HOST"

@@ -1,9 +1,10 @@
-"""Fixtures for tests with real pods: the real node of hack/node.sh on the local control plane.
+"""Fixtures for tests with real pods on the cluster that `KUBECONFIG` names.
 
 - every test under tests/e2e is marked `node` (`pytest -m "not node"` skips them);
-- `real_node` (session): the node that `hack/node.sh up` added (read from
-  .cluster/node/node.env); the tests are skipped, with the reason, when it is not up;
-- `api` (session): a kubernetes ApiClient for the admin kubeconfig;
+- `cluster` (session): the cluster's API client, its worker nodes and DNS address; the tests
+  are skipped, with the reason, when `KUBECONFIG` is unset or the cluster does not answer
+  (`make test-e2e` starts the kind cluster of hack/kind/up.sh and sets it);
+- `api` (session): that cluster's ApiClient;
 - `namespace`: a fresh namespace per test, deleted after.
 """
 
@@ -13,20 +14,20 @@ from collections.abc import Iterator
 
 import pytest
 from kubernetes import client, config
-from kubernetes.client.rest import ApiException
 
-from tests.e2e.node_support import NODE_ENV, RealNode, read_node_env
-from tests.integration.support import KUBECONFIG, fresh_namespace, namespace_name
+from tests.e2e.cluster_support import REPORT, Cluster, e2e_kubeconfig, read_cluster
+from tests.integration.support import fresh_namespace, namespace_name
 
 
 @pytest.fixture(scope="session")
 def api() -> Iterator[client.ApiClient]:
-    if not KUBECONFIG.exists():
+    kubeconfig = e2e_kubeconfig()
+    if kubeconfig is None or not kubeconfig.exists():
         pytest.skip(
-            f"no local cluster ({KUBECONFIG} is missing): run hack/cluster.sh up && "
-            "hack/node.sh up (Linux, root)"
+            f"no cluster for the e2e tests (KUBECONFIG={kubeconfig or ''}): run `make test-e2e`, "
+            "or set KUBECONFIG to a cluster prepared as tests/e2e/cluster_support.py says"
         )
-    api_client = config.new_client_from_config(config_file=str(KUBECONFIG))
+    api_client = config.new_client_from_config(config_file=str(kubeconfig))
     try:
         yield api_client
     finally:
@@ -34,23 +35,24 @@ def api() -> Iterator[client.ApiClient]:
 
 
 @pytest.fixture(scope="session")
-def real_node(api: client.ApiClient) -> RealNode:
-    node = read_node_env()
-    if node is None:
-        pytest.skip(f"the real node is not up ({NODE_ENV} is missing): run hack/node.sh up")
+def cluster(api: client.ApiClient) -> Cluster:
     try:
-        obj = client.CoreV1Api(api).read_node(node.name)
-    except ApiException as exc:
-        pytest.skip(f"node {node.name} is not registered ({exc.status}): run hack/node.sh up")
-    except Exception as exc:  # the API server itself does not answer
-        pytest.skip(f"the local control plane does not answer ({exc}): run hack/cluster.sh up")
-    ready = [c for c in obj.status.conditions or [] if c.type == "Ready"]
-    if not ready or ready[0].status != "True":
-        pytest.skip(f"node {node.name} is not Ready: see .cluster/node/logs/kubelet.log")
-    return node
+        found = read_cluster(api)
+    except Exception as exc:  # the API server does not answer, or no cluster DNS
+        pytest.skip(f"the cluster of KUBECONFIG does not answer as expected: {exc}")
+    if not found.workers:
+        pytest.skip("the cluster has no Ready node that takes ordinary pods")
+    return found
 
 
 @pytest.fixture
 def namespace(api: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
     with fresh_namespace(api, namespace_name(request.node.name)) as name:
         yield name
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if REPORT:
+        terminalreporter.section("e2e figures")
+        for line in REPORT:
+            terminalreporter.write_line(line)

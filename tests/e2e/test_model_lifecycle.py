@@ -3,8 +3,10 @@ on two worker pods, survives a killed worker, serves the ONNX artifact behind a 
 rolls back a corrupted model without a failed request, and scales out under load.
 
 The tests run in file order and share one namespace, one training and one deployment, as a
-user's cluster would; each checks one promise of the issue. The images must be on the node
-(`make node-load-images`); the test is skipped with that hint when they are not.
+user's cluster would; each checks one promise of the issue. The images must be on the workers
+(hack/kind/load-images.sh, which `make test-e2e` runs); the test is skipped with that hint when
+they are not. The model's claim is ReadWriteOnce, as cloud default classes are: only rank 0
+mounts it, so the ranks run on two nodes when the cluster has two workers.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,8 +31,14 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from sklearn.datasets import load_digits
 
-from tests.e2e.node_support import RealNode
-from tests.integration.support import KUBECONFIG, ROOT, bin_dir, fresh_namespace, wait_until
+from tests.e2e.cluster_support import (
+    Cluster,
+    e2e_kubeconfig,
+    read_from_claim,
+    report,
+    write_to_claim,
+)
+from tests.integration.support import ROOT, bin_dir, fresh_namespace, wait_until
 
 GROUP, VERSION = "modelyard.dev", "v1alpha1"
 NAMESPACE = "e2e-lifecycle"
@@ -43,26 +50,29 @@ CORRUPT_URI = f"pvc://{CLAIM}/corrupt/model.onnx"
 CORRUPT_BYTES = b"not an ONNX model" * 64  # its sha256 matches: the load itself must fail
 
 
-def _images_present(api: client.ApiClient, node: RealNode) -> None:
-    # The kubelet reports an image in the node's status some seconds after its import.
+def _images_present(cluster: Cluster) -> None:
+    # A kubelet reports an image in its node's status some seconds after its import.
     names = ("modelyard/operator", "modelyard/trainer", "modelyard/server")
 
     def reported() -> bool:
-        images = client.CoreV1Api(api).read_node(node.name).status.images or []
-        listed = " ".join(name for image in images for name in image.names or [])
-        return all(name in listed for name in names)
+        for node in cluster.workers:
+            images = cluster.core.read_node(node).status.images or []
+            listed = " ".join(name for image in images for name in image.names or [])
+            if not all(name in listed for name in names):
+                return False
+        return True
 
     with contextlib.suppress(TimeoutError):
-        wait_until(reported, timeout=120, interval=2, what="the images in the node's status")
+        wait_until(reported, timeout=120, interval=2, what="the images in the nodes' status")
     for image in names:
-        node.image_with(image, api)  # skips the module with the hint when missing
+        cluster.image_with(image)  # skips the module with the hint when missing
 
 
 @pytest.fixture(scope="module")
-def operator(api: client.ApiClient, real_node: RealNode) -> Iterator[None]:
+def operator(cluster: Cluster) -> Iterator[None]:
     """The chart installed as a user would; uninstalled after the module."""
-    _images_present(api, real_node)
-    helm = [str(bin_dir() / "helm"), "--kubeconfig", str(KUBECONFIG)]
+    _images_present(cluster)
+    helm = [str(bin_dir() / "helm"), "--kubeconfig", str(e2e_kubeconfig())]
     subprocess.run(
         [
             *helm,
@@ -88,13 +98,17 @@ def operator(api: client.ApiClient, real_node: RealNode) -> Iterator[None]:
 
 @dataclass
 class Lifecycle:
-    api: client.ApiClient
+    cluster: Cluster
     namespace: str
     result: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def api(self) -> client.ApiClient:
+        return self.cluster.api
+
+    @property
     def core(self) -> client.CoreV1Api:
-        return client.CoreV1Api(self.api)
+        return self.cluster.core
 
     @property
     def custom(self) -> client.CustomObjectsApi:
@@ -113,23 +127,19 @@ class Lifecycle:
     def pods(self, selector: str) -> list[client.V1Pod]:
         return list(self.core.list_namespaced_pod(self.namespace, label_selector=selector).items)
 
-    def claim_dir(self) -> Path:
-        """Where the claim's volume lives on this machine (local-path: a host directory)."""
-        claim = self.core.read_namespaced_persistent_volume_claim(CLAIM, self.namespace)
-        volume = self.core.read_persistent_volume(claim.spec.volume_name)
-        source = volume.spec.host_path or volume.spec.local
-        return Path(source.path)
+    def read_claim(self, path: str) -> bytes:
+        return read_from_claim(self.cluster, self.namespace, CLAIM, path)
 
     def service_address(self) -> str:
-        # This machine routes Service IPs to the node, where kube-proxy's rules apply.
+        # This machine routes Service IPs to a node, where kube-proxy's rules apply.
         service = self.core.read_namespaced_service(SERVING, self.namespace)
         port = next(p.port for p in service.spec.ports if p.name == "http")
         return f"{service.spec.cluster_ip}:{port}"
 
 
 @pytest.fixture(scope="module")
-def life(api: client.ApiClient, operator: None) -> Iterator[Lifecycle]:
-    core = client.CoreV1Api(api)
+def life(cluster: Cluster, operator: None) -> Iterator[Lifecycle]:
+    api, core = cluster.api, cluster.core
     try:  # left by an interrupted run
         core.delete_namespace(NAMESPACE)
         wait_until(lambda: _gone(core, NAMESPACE), timeout=120, what=f"old {NAMESPACE} gone")
@@ -148,7 +158,7 @@ def life(api: client.ApiClient, operator: None) -> Iterator[Lifecycle]:
                 ),
             ),
         )
-        yield Lifecycle(api, NAMESPACE)
+        yield Lifecycle(cluster, NAMESPACE)
 
 
 def _gone(core: client.CoreV1Api, name: str) -> bool:
@@ -184,24 +194,59 @@ def _running_window(pod: client.V1Pod) -> tuple[datetime, datetime]:
     return state.started_at, state.finished_at
 
 
-def test_ddp_on_two_pods_survives_a_killed_worker_and_resumes_from_its_checkpoint(
-    life: Lifecycle, real_node: RealNode
+def _rank(pod: client.V1Pod) -> int:
+    # Rank 0 runs in the attempt's Job `<mt>-a<N>`, ranks 1..N-1 in `<mt>-a<N>-w` (index + 1).
+    index = int(pod.metadata.annotations["batch.kubernetes.io/job-completion-index"])
+    return index + 1 if pod.metadata.labels["job-name"].endswith("-w") else index
+
+
+def _ranks(life: Lifecycle, attempt: int) -> list[client.V1Pod]:
+    """The pods of one attempt of the training, rank 0 first."""
+    selector = f"modelyard.dev/training={TRAINING},modelyard.dev/attempt={attempt}"
+    return sorted(life.pods(selector), key=_rank)
+
+
+def _attempt_status(life: Lifecycle) -> tuple[int, str | None, int]:
+    status = life.get("modeltrainings").get("status", {})
+    progress = status.get("progress", {})
+    return status.get("attempt", 0), progress.get("stage"), progress.get("epoch", 0)
+
+
+def test_ddp_on_two_nodes_survives_a_killed_worker_and_resumes_from_its_checkpoint(
+    life: Lifecycle,
 ) -> None:
+    created = time.monotonic()
     life.create("modeltrainings", _training())
 
+    def all_running() -> bool:
+        pods = _ranks(life, 1)
+        return len(pods) == 2 and all(p.status.phase == "Running" for p in pods)
+
+    wait_until(all_running, timeout=300, interval=0.25, what="both ranks of attempt 1 Running")
+    report(
+        f"startup: ModelTraining created -> 2 worker pods Running in "
+        f"{time.monotonic() - created:.1f} s"
+    )
+
     def past_first_checkpoint() -> bool:
-        status = life.get("modeltrainings").get("status", {})
-        progress = status.get("progress", {})
-        return (
-            status.get("attempt") == 1
-            and progress.get("stage") == "Training"
-            and 3 <= progress.get("epoch", 0) <= 60
-        )
+        attempt, stage, epoch = _attempt_status(life)
+        return attempt == 1 and stage == "Training" and 3 <= epoch <= 60
 
     wait_until(past_first_checkpoint, timeout=900, interval=0.5, what="epoch 3 of attempt 1")
-    [victim] = life.pods(f"job-name={TRAINING}-a1,batch.kubernetes.io/job-completion-index=1")
+    victim = _ranks(life, 1)[1]
     assert victim.status.phase == "Running", victim.status
+    killed = time.monotonic()
     life.core.delete_namespaced_pod(victim.metadata.name, life.namespace, grace_period_seconds=0)
+
+    def training_again() -> bool:
+        attempt, stage, epoch = _attempt_status(life)
+        return attempt == 2 and stage == "Training" and epoch > 0
+
+    wait_until(training_again, timeout=600, interval=0.25, what="attempt 2 training again")
+    report(
+        f"recovery: rank 1 killed -> attempt 2 training from its checkpoint in "
+        f"{time.monotonic() - killed:.1f} s"
+    )
 
     wait_until(lambda: _phase(life), timeout=1200, interval=2, what="the training to succeed")
     status = life.get("modeltrainings")["status"]
@@ -211,15 +256,16 @@ def test_ddp_on_two_pods_survives_a_killed_worker_and_resumes_from_its_checkpoin
     assert result["metrics"]["test_accuracy"] >= 0.95, result
     life.result = result
 
-    # Attempt 2: both ranks really ran at once on the real node, over the pod network.
-    workers = sorted(
-        life.pods(f"job-name={TRAINING}-a2"),
-        key=lambda p: p.metadata.annotations["batch.kubernetes.io/job-completion-index"],
-    )
+    # Attempt 2: both ranks really ran at once, each on its own node, over the pod network.
+    workers = _ranks(life, 2)
     assert [p.status.phase for p in workers] == ["Succeeded", "Succeeded"], workers
-    assert {p.spec.node_name for p in workers} == {real_node.name}
-    ips = {ipaddress.ip_address(p.status.pod_ip) for p in workers}
-    assert len(ips) == 2 and all(ip in ipaddress.ip_network(real_node.pod_cidr) for ip in ips)
+    nodes = [p.spec.node_name for p in workers]
+    report(f"ranks of attempt 2 ran on {nodes}")
+    if len(life.cluster.workers) >= 2:
+        assert nodes[0] != nodes[1], nodes
+    for pod in workers:
+        cidr = life.cluster.pod_cidr(pod.spec.node_name)
+        assert ipaddress.ip_address(pod.status.pod_ip) in cidr, (pod.status.pod_ip, cidr)
     (start0, end0), (start1, end1) = (_running_window(p) for p in workers)
     assert start1 < end0 and start0 < end1, "the two ranks did not run at the same time"
     rank0_log = life.core.read_namespaced_pod_log(workers[0].metadata.name, life.namespace)
@@ -266,10 +312,10 @@ def test_predictions_through_the_service_equal_onnx_runtime_on_the_artifact(
     life.create("modeldeployments", _deployment())
     wait_until(lambda: _ready(life), timeout=600, interval=2, what="the ModelDeployment Ready")
 
-    relative = life.result["modelUri"].removeprefix(f"pvc://{CLAIM}/")
-    artifact = life.claim_dir() / relative
+    artifact = life.read_claim(life.result["modelUri"].removeprefix(f"pvc://{CLAIM}/"))
+    assert hashlib.sha256(artifact).hexdigest() == life.result["sha256"], life.result
     rows = load_digits().data.astype(np.float32)
-    session = onnxruntime.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(artifact, providers=["CPUExecutionProvider"])
     # In the batches _infer sends (the sums of a matrix product depend on the batch's size).
     max_rows = _deployment()["spec"]["server"]["maxBatchSize"]
     expected = np.concatenate(
@@ -308,11 +354,7 @@ def test_a_corrupted_model_is_rolled_back_while_the_old_pods_serve_every_request
     life: Lifecycle,
 ) -> None:
     assert _ready(life), "needs the deployment of the test before"
-    corrupt = life.claim_dir() / "corrupt/model.onnx"
-    corrupt.parent.mkdir(parents=True, exist_ok=True)
-    corrupt.write_bytes(CORRUPT_BYTES)
-    corrupt.parent.chmod(0o755)
-    corrupt.chmod(0o644)
+    write_to_claim(life.cluster, life.namespace, CLAIM, "corrupt/model.onnx", CORRUPT_BYTES)
 
     loop = ClientLoop(life.service_address(), load_digits().data.astype(np.float32)[:16])
     thread = threading.Thread(target=loop.run, daemon=True)

@@ -1,8 +1,8 @@
-"""Real pods on the real node of hack/node.sh: a kubelet, containerd and runc really run them.
+"""Real pods on the nodes of the cluster that KUBECONFIG names: kubelets, containerd and runc
+really run them, and the pod network, Service proxy, DNS, storage and metrics join the nodes.
 
-Every check reads what the kubelet reported through the API server (phase, exit code,
-termination message, pod IP, logs), never a simulated status: kwok is not involved
-(the node has no kwok annotation, and the pods select it and only it).
+Every check reads what a kubelet reported through the API server (phase, exit code,
+termination message, pod IP, logs), never a simulated status.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import secrets
 
 from kubernetes import client
 
-from tests.e2e.node_support import RealNode, busybox_pod, wait_for_phase
+from tests.e2e.cluster_support import Cluster, busybox_pod, wait_for_phase, with_claim
 from tests.integration.support import wait_until
 
 
 def test_pod_runs_to_completion_and_its_log_is_read_through_the_api(
-    api: client.ApiClient, real_node: RealNode, namespace: str
+    cluster: Cluster, namespace: str
 ) -> None:
-    core = client.CoreV1Api(api)
+    core = cluster.core
     token = secrets.token_hex(8)
     # The output depends on the token (from the spec) and on the pod itself (its name
     # through the downward API, its own cgroup and network namespace), so only a container
@@ -30,18 +30,19 @@ def test_pod_runs_to_completion_and_its_log_is_read_through_the_api(
         "echo ip=$(ip -4 -o addr show eth0 | awk '{print $4}'); "
         "echo done"
     )
-    core.create_namespaced_pod(namespace, busybox_pod(real_node, "hello", script))
+    node = cluster.workers[0]
+    core.create_namespaced_pod(namespace, busybox_pod(cluster, "hello", script, node=node))
 
     pod = wait_for_phase(core, namespace, "hello", {"Succeeded", "Failed"})
     assert pod.status.phase == "Succeeded", pod.status
-    assert pod.spec.node_name == real_node.name
+    assert pod.spec.node_name == node
     terminated = pod.status.container_statuses[0].state.terminated
     assert terminated.exit_code == 0
     assert terminated.reason == "Completed"
     assert pod.status.container_statuses[0].image_id, "containerd reports the image digest"
 
-    pod_ip = ipaddress.ip_address(pod.status.pod_ip)
-    assert pod_ip in ipaddress.ip_network(real_node.pod_cidr), pod.status.pod_ip
+    pod_cidr = cluster.pod_cidr(node)
+    assert ipaddress.ip_address(pod.status.pod_ip) in pod_cidr, pod.status.pod_ip
 
     log = core.read_namespaced_pod_log("hello", namespace)
     lines = log.splitlines()
@@ -49,18 +50,18 @@ def test_pod_runs_to_completion_and_its_log_is_read_through_the_api(
     assert "pod=hello" in lines
     # The container's shell is PID 1 in the pod's own PID namespace.
     assert "pid1=sh" in lines
-    assert f"ip={pod.status.pod_ip}/{ipaddress.ip_network(real_node.pod_cidr).prefixlen}" in lines
+    assert f"ip={pod.status.pod_ip}/{pod_cidr.prefixlen}" in lines
     assert lines[-1] == "done"
 
 
 def test_exit_code_and_termination_message_reach_the_pod_status(
-    api: client.ApiClient, real_node: RealNode, namespace: str
+    cluster: Cluster, namespace: str
 ) -> None:
     # The trainer reports its result in the termination message and says with its exit
     # code whether a retry helps: both must travel from the container to the API.
-    core = client.CoreV1Api(api)
+    core = cluster.core
     script = "printf '%s' '{\"reason\":\"BadConfig\"}' > /dev/termination-log; exit 3"
-    core.create_namespaced_pod(namespace, busybox_pod(real_node, "fails", script))
+    core.create_namespaced_pod(namespace, busybox_pod(cluster, "fails", script))
 
     pod = wait_for_phase(core, namespace, "fails", {"Succeeded", "Failed"})
     assert pod.status.phase == "Failed"
@@ -70,16 +71,19 @@ def test_exit_code_and_termination_message_reach_the_pod_status(
 
 
 def test_pods_reach_each_other_through_a_service_by_its_dns_name(
-    api: client.ApiClient, real_node: RealNode, namespace: str
+    cluster: Cluster, namespace: str
 ) -> None:
-    # Pod network (bridge CNI), Service virtual IP (kube-proxy's iptables rules) and
-    # cluster DNS (CoreDNS) in one request from one real pod to another.
-    core = client.CoreV1Api(api)
+    # Pod network between two nodes (when the cluster has two workers), Service virtual IP
+    # (kube-proxy's iptables rules) and cluster DNS (CoreDNS) in one request from one real
+    # pod to another.
+    core = cluster.core
     body = secrets.token_hex(8)
     server = busybox_pod(
-        real_node,
+        cluster,
         "web",
-        f"mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p 8080 -h /www",
+        f"mkdir -p /tmp/www && echo {body} > /tmp/www/index.html && "
+        "exec httpd -f -p 8080 -h /tmp/www",
+        node=cluster.workers[0],
         labels={"app": "web"},
         port=8080,
     )
@@ -117,7 +121,8 @@ def test_pods_reach_each_other_through_a_service_by_its_dns_name(
         'echo "resolved=$ip"; echo "got=$(echo "$out" | tail -n 1)"; exit 0; fi; '
         f"sleep 1; done; nslookup {fqdn}; exit 1"
     )
-    core.create_namespaced_pod(namespace, busybox_pod(real_node, "client", script))
+    client_pod = busybox_pod(cluster, "client", script, node=cluster.workers[-1])
+    core.create_namespaced_pod(namespace, client_pod)
     pod = wait_for_phase(core, namespace, "client", {"Succeeded", "Failed"}, timeout=120)
     log = core.read_namespaced_pod_log("client", namespace)
     assert pod.status.phase == "Succeeded", log
@@ -125,14 +130,16 @@ def test_pods_reach_each_other_through_a_service_by_its_dns_name(
     assert f"got={body}" in lines
     service = core.read_namespaced_service("web", namespace)
     assert f"resolved={service.spec.cluster_ip}" in lines
+    web = core.read_namespaced_pod("web", namespace)
+    assert {web.spec.node_name, pod.spec.node_name} == {cluster.workers[0], cluster.workers[-1]}
 
 
 def test_a_claim_of_the_default_storage_class_binds_and_keeps_data_across_pods(
-    api: client.ApiClient, real_node: RealNode, namespace: str
+    cluster: Cluster, namespace: str
 ) -> None:
-    # Models live on PVCs: local-path-provisioner must make a volume on the node, and
-    # what one pod writes there the next pod must read.
-    core = client.CoreV1Api(api)
+    # Models live on PVCs: the default StorageClass must make a volume, and what one pod
+    # writes there the next pod must read.
+    core = cluster.core
     core.create_namespaced_persistent_volume_claim(
         namespace,
         client.V1PersistentVolumeClaim(
@@ -144,45 +151,36 @@ def test_a_claim_of_the_default_storage_class_binds_and_keeps_data_across_pods(
         ),
     )
     token = secrets.token_hex(8)
-
-    def with_volume(pod: client.V1Pod) -> client.V1Pod:
-        pod.spec.volumes = [
-            client.V1Volume(
-                name="data",
-                persistent_volume_claim=client.V1PersistentVolumeClaimVolumeSource(
-                    claim_name="data"
-                ),
-            )
-        ]
-        pod.spec.containers[0].volume_mounts = [
-            client.V1VolumeMount(name="data", mount_path="/data")
-        ]
-        return pod
-
-    writer = busybox_pod(real_node, "writer", f"echo {token} > /data/model.txt && sync")
-    core.create_namespaced_pod(namespace, with_volume(writer))
+    writer = busybox_pod(cluster, "writer", f"echo {token} > /data/model.txt && sync")
+    core.create_namespaced_pod(namespace, with_claim(writer, "data"))
     pod = wait_for_phase(core, namespace, "writer", {"Succeeded", "Failed"}, timeout=120)
     assert pod.status.phase == "Succeeded", core.read_namespaced_pod_log("writer", namespace)
 
     claim = core.read_namespaced_persistent_volume_claim("data", namespace)
     assert claim.status.phase == "Bound"
     volume = core.read_persistent_volume(claim.spec.volume_name)
-    assert volume.spec.storage_class_name == "local-path"
+    default_classes = [
+        sc.metadata.name
+        for sc in client.StorageV1Api(cluster.api).list_storage_class().items
+        if (sc.metadata.annotations or {}).get("storageclass.kubernetes.io/is-default-class")
+        == "true"
+    ]
+    assert volume.spec.storage_class_name in default_classes, default_classes
 
-    reader = busybox_pod(real_node, "reader", "cat /data/model.txt")
-    core.create_namespaced_pod(namespace, with_volume(reader))
+    reader = busybox_pod(cluster, "reader", "cat /data/model.txt")
+    core.create_namespaced_pod(namespace, with_claim(reader, "data"))
     pod = wait_for_phase(core, namespace, "reader", {"Succeeded", "Failed"})
     assert pod.status.phase == "Succeeded"
     assert core.read_namespaced_pod_log("reader", namespace).strip() == token
 
 
 def test_a_pod_reaches_the_api_server_with_its_service_account(
-    api: client.ApiClient, real_node: RealNode, namespace: str
+    cluster: Cluster, namespace: str
 ) -> None:
     # The operator and the trainer's progress reports talk to the API from pods, through
     # the `kubernetes` Service and a token of their ServiceAccount.
-    image = real_node.image_with("/modelyard/operator:", api)
-    core = client.CoreV1Api(api)
+    image = cluster.image_with("/modelyard/operator:")
+    core = cluster.core
     script = (
         "from kubernetes import client, config\n"
         "config.load_incluster_config()\n"
@@ -192,7 +190,7 @@ def test_a_pod_reaches_the_api_server_with_its_service_account(
         "except client.ApiException as exc:\n"
         "    print('secrets', exc.status)\n"
     )
-    pod = busybox_pod(real_node, "api", "")
+    pod = busybox_pod(cluster, "api", "")
     pod.spec.containers[0].image = image
     pod.spec.containers[0].command = ["python", "-c", script]
     pod.spec.automount_service_account_token = True
@@ -201,7 +199,7 @@ def test_a_pod_reaches_the_api_server_with_its_service_account(
     pod = wait_for_phase(core, namespace, "api", {"Succeeded", "Failed"}, timeout=120)
     log = core.read_namespaced_pod_log("api", namespace)
     assert pod.status.phase == "Succeeded", log
-    version = client.VersionApi(api).get_code().git_version
+    version = client.VersionApi(cluster.api).get_code().git_version
     lines = log.splitlines()
     assert f"version {version}" in lines
     # Authenticated as the namespace's default ServiceAccount, which may not read secrets.
@@ -209,15 +207,15 @@ def test_a_pod_reaches_the_api_server_with_its_service_account(
 
 
 def test_the_hpa_scales_out_on_cpu_metrics_from_the_kubelet(
-    api: client.ApiClient, real_node: RealNode, namespace: str
+    cluster: Cluster, namespace: str
 ) -> None:
     # metrics-server scrapes the kubelet, the API server serves metrics.k8s.io, and the
     # controller-manager's HPA acts on it: a pod that burns CPU far above its request
     # must get a second replica. The CPU limit keeps the burn to a tenth of a core.
-    apps = client.AppsV1Api(api)
-    autoscaling = client.AutoscalingV2Api(api)
-    custom = client.CustomObjectsApi(api)
-    pod = busybox_pod(real_node, "burn", "while :; do :; done", labels={"app": "burn"})
+    apps = client.AppsV1Api(cluster.api)
+    autoscaling = client.AutoscalingV2Api(cluster.api)
+    custom = client.CustomObjectsApi(cluster.api)
+    pod = busybox_pod(cluster, "burn", "while :; do :; done", labels={"app": "burn"})
     pod.spec.containers[0].resources = client.V1ResourceRequirements(
         requests={"cpu": "20m"}, limits={"cpu": "100m"}
     )
