@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -13,7 +14,7 @@ from modelyard_operator.api.training import ModelTraining, ModelTrainingStatus
 from modelyard_operator.builders.common import with_spec_hash
 from modelyard_operator.builders.training import (
     KIND,
-    job,
+    jobs,
     progress_config_map_name,
     static_children,
 )
@@ -29,7 +30,12 @@ from modelyard_operator.kube import Kube
 from modelyard_operator.names import TRAINING_LABEL
 from modelyard_operator.ownership import controlled_by
 from modelyard_operator.settings import Settings
-from modelyard_operator.status.training import Observed, Plan, parse_progress, plan_training
+from modelyard_operator.status.training import (
+    Observed,
+    Plan,
+    parse_progress,
+    plan_training,
+)
 from modelyard_operator.validation import format_validation_error
 from modelyard_trainer.contracts import PROGRESS_DATA_KEY, ProgressRecord
 
@@ -93,9 +99,16 @@ def _carry_out(kube: Kube, settings: Settings, mt: ModelTraining, plan: Plan) ->
     for name in plan.delete_jobs:  # the planner's Jobs are ours (controlled by our uid)
         kube.delete("batch/v1", "Job", namespace, name)
     if plan.create_attempt is not None and not rejected:
-        manifest = job(mt, plan.create_attempt, settings)
-        refused = rejection(manifest, lambda: kube.create_owned(manifest))
-        rejected += [refused] if refused else []
+        created: list[str] = []
+        for manifest in jobs(mt, plan.create_attempt, settings):
+            refused = rejection(manifest, functools.partial(kube.create_owned, manifest))
+            if refused:
+                # Half a gang would wait for its other half: the attempt is not started.
+                for name in created:
+                    kube.delete_owned("batch/v1", "Job", namespace, name, uid)
+                rejected.append(refused)
+                break
+            created.append(manifest["metadata"]["name"])
     return rejected
 
 

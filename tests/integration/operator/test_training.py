@@ -46,6 +46,18 @@ def attempt_pods(objects: Objects, name: str, attempt: int, count: int) -> list[
     )
 
 
+def rank_of(pod: Any) -> int:
+    """Rank 0 is index 0 of the Job <name>-a<attempt>; with a pvc:// output and several
+    workers, ranks 1..N-1 are indexes 0..N-2 of the Job <name>-a<attempt>-w."""
+    index = int(pod.metadata.annotations["batch.kubernetes.io/job-completion-index"])
+    peer = pod.metadata.labels["batch.kubernetes.io/job-name"].endswith("-w")
+    return index + 1 if peer else index
+
+
+def by_rank(pods: list[Any]) -> list[Any]:
+    return sorted(pods, key=rank_of)
+
+
 def run_all(objects: Objects, pods: list[Any]) -> None:
     for pod in pods:
         objects.set_pod(pod, "Running")
@@ -64,8 +76,7 @@ def succeed(objects: Objects, pods: list[Any], uri: str, accuracy: float = 0.97)
         artifact_uri=uri, sha256="ab" * 32, size_bytes=4242, metrics={"test_accuracy": accuracy}
     )
     for pod in pods:
-        rank = pod.metadata.annotations["batch.kubernetes.io/job-completion-index"]
-        message = result.to_termination_message() if rank == "0" else ""
+        message = result.to_termination_message() if rank_of(pod) == 0 else ""
         objects.set_pod(pod, "Succeeded", exit_code=0, message=message)
 
 
@@ -74,10 +85,13 @@ def test_children_and_environment_in_the_cluster(objects: Objects, workers: int)
     mt = objects.create(PLURAL, training(workers=workers))
     pods = attempt_pods(objects, "digits", 1, workers)
     ns = objects.namespace
-    job = objects.batch.read_namespaced_job("digits-a1", ns)
-    assert job.spec.completions == job.spec.parallelism == workers
-    assert job.spec.completion_mode == "Indexed"
-    assert job.metadata.owner_references[0].uid == mt["metadata"]["uid"]
+    jobs = objects.jobs("modelyard.dev/training=digits,modelyard.dev/attempt=1")
+    assert sorted(j.metadata.name for j in jobs) == ["digits-a1", "digits-a1-w"][: min(workers, 2)]
+    assert sum(j.spec.completions for j in jobs) == workers
+    for job in jobs:
+        assert job.spec.completions == job.spec.parallelism
+        assert job.spec.completion_mode == "Indexed"
+        assert job.metadata.owner_references[0].uid == mt["metadata"]["uid"]
     service = objects.core.read_namespaced_service("digits", ns)
     assert service.spec.cluster_ip == "None" and service.spec.publish_not_ready_addresses
     objects.core.read_namespaced_config_map("digits-config", ns)
@@ -87,15 +101,54 @@ def test_children_and_environment_in_the_cluster(objects: Objects, workers: int)
         "digits-progress"
     ]
     client.NetworkingV1Api(objects.api).read_namespaced_network_policy("digits", ns)
-    ranks = sorted(
-        int(p.metadata.annotations["batch.kubernetes.io/job-completion-index"]) for p in pods
-    )
-    assert ranks == list(range(workers))
+    assert sorted(rank_of(p) for p in pods) == list(range(workers))
     for pod in pods:  # admitted under Pod Security "restricted", with one rank each
         assert pod.spec.subdomain == "digits"
         env = {e.name: e for e in pod.spec.containers[0].env}
         assert env["PET_MASTER_ADDR"].value == "digits-a1-0.digits"
         assert env["PET_NNODES"].value == str(workers)
+        # Only rank 0 mounts the (ReadWriteOnce) output claim.
+        claims = [v.persistent_volume_claim for v in pod.spec.volumes if v.persistent_volume_claim]
+        expected = ["modelyard-models"] if rank_of(pod) == 0 else []
+        assert [c.claim_name for c in claims] == expected
+    rank0 = next(p for p in pods if rank_of(p) == 0)
+    assert rank0.spec.hostname == "digits-a1-0"  # the rendezvous address above resolves to it
+
+
+def test_required_spread_puts_each_worker_on_its_own_node(objects: Objects) -> None:
+    """The real scheduler places the gang: three workers on the three nodes of the cluster."""
+    spec = training(workers=3, scheduling={"spreadWorkers": "required"})
+    spec["spec"]["training"]["batchSize"] = 96
+    objects.create(PLURAL, spec)
+    pods = attempt_pods(objects, "digits", 1, 3)
+
+    def nodes() -> list[str] | None:
+        names = [p.spec.node_name for p in objects.pods("modelyard.dev/attempt=1")]
+        return names if len(names) == 3 and all(names) else None
+
+    placed = wait_until(nodes, timeout=30, what="3 scheduled workers")
+    assert len(set(placed)) == 3, placed
+    for pod in pods:
+        (constraint,) = pod.spec.topology_spread_constraints
+        assert constraint.when_unsatisfiable == "DoNotSchedule"
+        assert constraint.label_selector.match_labels == {
+            "modelyard.dev/training": "digits",
+            "modelyard.dev/attempt": "1",
+        }
+
+
+def test_a_gang_that_loses_one_of_its_jobs_restarts_whole(objects: Objects) -> None:
+    """Deleting the peers' Job ends the attempt: rank 0's Job goes too, and attempt 2 starts
+    once every pod of attempt 1 is gone."""
+    objects.create(PLURAL, training(workers=2))
+    run_all(objects, attempt_pods(objects, "digits", 1, 2))
+    objects.wait_for(PLURAL, "digits", phase_is("Running"))
+    objects.batch.delete_namespaced_job(
+        "digits-a1-w", objects.namespace, propagation_policy="Background"
+    )
+    second = attempt_pods(objects, "digits", 2, 2)
+    assert sorted(rank_of(p) for p in second) == [0, 1]
+    assert objects.jobs("modelyard.dev/attempt=1") == []
 
 
 def test_a_failed_worker_starts_a_new_attempt_with_a_new_rendezvous_id(objects: Objects) -> None:
@@ -144,10 +197,7 @@ def test_a_permanent_exit_code_fails_without_retry(objects: Objects) -> None:
 
 def test_an_eviction_does_not_use_up_a_retry(objects: Objects) -> None:
     objects.create(PLURAL, training(workers=2, runPolicy={"backoffLimit": 0}))
-    rank0, rank1 = sorted(
-        attempt_pods(objects, "digits", 1, 2),
-        key=lambda p: p.metadata.annotations["batch.kubernetes.io/job-completion-index"],
-    )
+    rank0, rank1 = by_rank(attempt_pods(objects, "digits", 1, 2))
     run_all(objects, [rank0, rank1])
     # The eviction API marks the pod; the Job's podFailurePolicy ignores it, and its peer then
     # loses the gang, which ends the attempt.
@@ -283,7 +333,8 @@ def test_a_killed_operator_restarts_without_duplicates_or_lost_status(
     after = objects.wait_for(PLURAL, "digits", lambda o: o["status"].get("attempt") == 2)
     assert after["status"]["failedAttempts"] == 1
     assert after["status"]["startTime"] == before["status"]["startTime"]
-    assert len(objects.jobs("modelyard.dev/training=digits")) == 1
+    jobs = objects.jobs("modelyard.dev/training=digits")
+    assert sorted(j.metadata.name for j in jobs) == ["digits-a2", "digits-a2-w"]
     assert (
         len(
             objects.core.list_namespaced_service(
