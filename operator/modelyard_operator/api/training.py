@@ -279,7 +279,13 @@ class ModelTrainingStatus(ApiModel):
     phase: TrainingPhase = Field("Pending", description="Phase for display.")
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Created, Running, Restarting, Succeeded, Failed, Suspended.",
+        description=(
+            "Created, Running, Restarting, Succeeded, Failed, Suspended, Unschedulable, "
+            "ChildrenApplied, and WorkersBlocked: True while a worker cannot start, with the "
+            "scheduler's or kubelet's reason (Unschedulable, ErrImagePull, ImagePullBackOff, "
+            "ErrImageNeverPull, InvalidImageName, CreateContainerConfigError, "
+            "CreateContainerError, FailedAttachVolume, FailedMount)."
+        ),
     )
     attempt: int = Field(
         0, description="Number of the current attempt (1-based) of this generation."

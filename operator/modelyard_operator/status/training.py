@@ -58,6 +58,30 @@ from modelyard_trainer.contracts import (
 )
 
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+# True while a worker of the current attempt cannot start, with the scheduler's or kubelet's
+# reason; False (WORKERS_STARTED) once none is blocked; absent until one ever was.
+WORKERS_BLOCKED = "WorkersBlocked"
+WORKERS_STARTED = "WorkersStarted"
+# Container waiting reasons that no wait will cure (image, configuration): the kubelet retries
+# with a back-off; until a person acts the worker never starts.
+BLOCKING_WAITING_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "ErrImageNeverPull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    }
+)
+# Event reasons about a scheduled pod whose volumes cannot be attached or mounted (Multi-Attach
+# of a ReadWriteOnce claim on a second node, a missing claim or Secret): the pod only shows
+# ContainerCreating.
+VOLUME_EVENT_REASONS = frozenset({"FailedAttachVolume", "FailedMount"})
+# A pod still creating its containers this long after it was scheduled: its Events are read.
+VOLUME_CHECK_AFTER_SECONDS = 5.0
+# Of the kubelet's or scheduler's own message, so much goes into the condition.
+BLOCKED_MESSAGE_LENGTH = 300
 ACTIVE_POD_PHASES = ("Pending", "Running", "Unknown")
 # While pods of an ended attempt are still going away, look again soon.
 SHORT_REQUEUE_SECONDS = 2.0
@@ -75,6 +99,8 @@ class Observed:
     now: datetime
     # Why children could not be applied (ForeignObject, refusals): no attempt starts then.
     rejected: tuple[str, ...] = ()
+    # Events about pods (by pod uid) that `creating_too_long` picked: volume failures.
+    pod_events: dict[str, list[Manifest]] = field(default_factory=dict)
 
 
 @dataclass
@@ -221,6 +247,8 @@ def plan_training(mt: ModelTraining, observed: Observed) -> Plan:
         _end_broken_gang(run, gang)
     else:
         _follow_attempt(run, gang)
+    ended = status.phase in ("Succeeded", "Failed", "Suspended")
+    _check_blocked(run, _Gang([], []) if ended else gang)
     if run.plan.keep_children:
         status.conditions, event = children_applied(
             status.conditions, observed.rejected, run.now, run.generation
@@ -557,6 +585,73 @@ def _check_schedulable(run: _Run, pods: list[Manifest]) -> None:
         )
     elif any(c.type == "Unschedulable" for c in run.status.conditions):
         run.condition("Unschedulable", False, "Scheduled", "every worker is scheduled")
+
+
+def _scheduled_at(pod: Manifest) -> datetime | None:
+    scheduled = object_condition(pod, "PodScheduled") or {}
+    if scheduled.get("status") != "True":
+        return None
+    return parse_time(scheduled.get("lastTransitionTime"))
+
+
+def _container_statuses(pod: Manifest) -> list[dict[str, Any]]:
+    status = pod.get("status") or {}
+    return [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+
+
+def creating_too_long(pods: list[Manifest], now: datetime) -> list[Manifest]:
+    """Pods scheduled a while ago whose containers have not started (ContainerCreating, or no
+    status yet): only their Events say why, such as a volume that cannot be attached."""
+    stuck = []
+    for pod in pods:
+        scheduled = _scheduled_at(pod)
+        if (pod.get("status") or {}).get("phase") != "Pending" or scheduled is None:
+            continue
+        waiting = [(c.get("state") or {}).get("waiting") for c in _container_statuses(pod)]
+        creating = all(w is not None and w.get("reason") == "ContainerCreating" for w in waiting)
+        if creating and (now - scheduled).total_seconds() >= VOLUME_CHECK_AFTER_SECONDS:
+            stuck.append(pod)
+    return stuck
+
+
+def _event_time(event: Manifest) -> str:
+    return str(event.get("lastTimestamp") or event.get("eventTime") or "")
+
+
+def _why_blocked(pod: Manifest, events: list[Manifest]) -> tuple[str, str] | None:
+    """The scheduler's or kubelet's reason and message when the pod cannot start, or None."""
+    scheduled = object_condition(pod, "PodScheduled") or {}
+    if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+        return "Unschedulable", str(scheduled.get("message") or "")
+    for container in _container_statuses(pod):
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in BLOCKING_WAITING_REASONS:
+            return str(waiting["reason"]), str(waiting.get("message") or "")
+    volume = [e for e in events if e.get("reason") in VOLUME_EVENT_REASONS]
+    if volume and (pod.get("status") or {}).get("phase") == "Pending":
+        latest = max(volume, key=_event_time)
+        return str(latest["reason"]), str(latest.get("message") or "")
+    return None
+
+
+def _check_blocked(run: _Run, gang: _Gang) -> None:
+    """WorkersBlocked names the first worker (by rank) that cannot start, and why."""
+    blocked = []
+    for pod in sorted(gang.pods, key=lambda p: gang.rank(p) or 0):
+        uid = str(pod["metadata"].get("uid") or "")
+        why = _why_blocked(pod, run.observed.pod_events.get(uid, []))
+        if why is not None:
+            blocked.append((pod, *why))
+    if blocked:
+        pod, reason, detail = blocked[0]
+        others = f" ({len(blocked) - 1} more worker(s) blocked)" if len(blocked) > 1 else ""
+        message = (
+            f"pod {_name(pod)} (rank {gang.rank(pod)}) cannot start: {reason}: "
+            f"{detail[:BLOCKED_MESSAGE_LENGTH]}{others}"
+        )
+        run.condition(WORKERS_BLOCKED, True, reason, message)
+    elif any(c.type == WORKERS_BLOCKED for c in run.status.conditions):
+        run.condition(WORKERS_BLOCKED, False, WORKERS_STARTED, "no worker is blocked")
 
 
 def _take_progress(run: _Run) -> None:

@@ -16,7 +16,7 @@ from kubernetes import client
 from modelyard_trainer.contracts import ProgressRecord, TrainingFailure, TrainingResult
 from tests.conftest import load_sample
 from tests.integration.operator.conftest import OPERATOR_USER, OperatorProcess
-from tests.integration.operator.kinds import MANUAL_POD_LABELS, Objects
+from tests.integration.operator.kinds import MANUAL_POD_LABELS, Objects, now
 from tests.integration.support import AuditLog, wait_until
 
 PLURAL = "modeltrainings"
@@ -360,6 +360,116 @@ def test_unschedulable_workers_surface_the_schedulers_message(objects: Objects) 
     )
     assert "node" in condition(mt, "Unschedulable")["message"]
     assert mt["status"]["phase"] == "Pending"
+
+
+def blocked_condition(obj: dict[str, Any]) -> dict[str, Any] | None:
+    conditions = (obj.get("status") or {}).get("conditions", [])
+    found = next((c for c in conditions if c["type"] == "WorkersBlocked"), None)
+    return found if found and found["status"] == "True" else None
+
+
+def test_an_unschedulable_worker_is_a_condition_within_60_seconds(objects: Objects) -> None:
+    """The real scheduler finds no node for the selector; the operator says so well before
+    runPolicy.scheduleTimeoutSeconds (300 s by default) raises Unschedulable."""
+    spec = training(workers=2, scheduling={"nodeSelector": {"modelyard.dev/no-such-node": "true"}})
+    objects.create(PLURAL, spec)
+    mt = objects.wait_for(PLURAL, "digits", blocked_condition, timeout=60)
+    found = blocked_condition(mt)
+    assert found is not None and found["reason"] == "Unschedulable"
+    assert found["message"].startswith("pod digits-a1-")
+    assert "node" in found["message"]  # the scheduler's own words: 0/3 nodes are available...
+    assert mt["status"]["phase"] == "Pending"
+
+
+def wait_in_container(objects: Objects, pod: Any, reason: str, message: str) -> None:
+    """What a kubelet reports of a container it cannot start (this cluster's nodes have no
+    kubelet: the test writes the status the way one would; e2e tests see a real one)."""
+    stamp = now()
+    status = {
+        "phase": "Pending",
+        "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": stamp}],
+        "containerStatuses": [
+            {
+                "name": pod.spec.containers[0].name,
+                "ready": False,
+                "restartCount": 0,
+                "image": pod.spec.containers[0].image,
+                "imageID": "",
+                "state": {"waiting": {"reason": reason, "message": message}},
+            }
+        ],
+    }
+    objects.core.patch_namespaced_pod_status(
+        pod.metadata.name, objects.namespace, {"status": status}
+    )
+
+
+def test_an_image_that_cannot_be_pulled_is_a_condition_and_clears_once_running(
+    objects: Objects,
+) -> None:
+    objects.create(PLURAL, training(workers=2))
+    rank0, rank1 = by_rank(attempt_pods(objects, "digits", 1, 2))
+    objects.set_pod(rank0, "Running")
+    started = time.monotonic()
+    wait_in_container(objects, rank1, "ImagePullBackOff", 'Back-off pulling image "trainer:typo"')
+    mt = objects.wait_for(PLURAL, "digits", blocked_condition, timeout=60)
+    assert time.monotonic() - started < 60
+    found = blocked_condition(mt)
+    assert found is not None and found["reason"] == "ImagePullBackOff"
+    assert found["message"].startswith(f"pod {rank1.metadata.name} (rank 1) cannot start")
+    assert "trainer:typo" in found["message"]
+    objects.set_pod(rank1, "Running")
+    cleared = objects.wait_for(PLURAL, "digits", phase_is("Running"), timeout=60)
+    assert condition(cleared, "WorkersBlocked")["status"] == "False"
+
+
+def test_a_volume_that_cannot_be_attached_is_a_condition_from_the_pods_events(
+    objects: Objects,
+) -> None:
+    """A pod stuck in ContainerCreating says nothing in its status: the attach/detach
+    controller's Event (posted here as it would post it) names the Multi-Attach."""
+    objects.create(PLURAL, training(workers=2))
+    rank0, rank1 = by_rank(attempt_pods(objects, "digits", 1, 2))
+    # Rank 0 is bound to a node once its claim is bound (until then the real scheduler says
+    # Unschedulable, which would be the right condition too).
+    wait_until(
+        lambda: (
+            objects.core.read_namespaced_pod(rank0.metadata.name, objects.namespace).spec.node_name
+        ),
+        timeout=60,
+        what="rank 0 scheduled",
+    )
+    objects.set_pod(rank1, "Running")
+    objects.set_pod(rank0, "Pending")  # scheduled, ContainerCreating
+    text = (
+        'Multi-Attach error for volume "pvc-0a1b" Volume is already used by pod(s) other-0 '
+        "and is attached to another node"
+    )
+    objects.core.create_namespaced_event(
+        objects.namespace,
+        {
+            "metadata": {"generateName": "digits-a1-0."},
+            "involvedObject": {
+                "kind": "Pod",
+                "apiVersion": "v1",
+                "namespace": objects.namespace,
+                "name": rank0.metadata.name,
+                "uid": rank0.metadata.uid,
+            },
+            "reason": "FailedAttachVolume",
+            "message": text,
+            "type": "Warning",
+            "source": {"component": "attachdetach-controller"},
+            "firstTimestamp": now(),
+            "lastTimestamp": now(),
+            "count": 1,
+        },
+    )
+    mt = objects.wait_for(PLURAL, "digits", blocked_condition, timeout=60)
+    found = blocked_condition(mt)
+    assert found is not None and found["reason"] == "FailedAttachVolume"
+    assert found["message"].startswith(f"pod {rank0.metadata.name} (rank 0) cannot start")
+    assert "Multi-Attach" in found["message"]
 
 
 def test_the_active_deadline_fails_a_run_and_stops_its_pods(objects: Objects) -> None:

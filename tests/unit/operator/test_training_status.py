@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,7 +11,13 @@ import pytest
 
 from modelyard_operator.api import ModelTraining
 from modelyard_operator.handlers.common import dumped
-from modelyard_operator.status.training import Observed, Plan, parse_progress, plan_training
+from modelyard_operator.status.training import (
+    Observed,
+    Plan,
+    creating_too_long,
+    parse_progress,
+    plan_training,
+)
 from modelyard_trainer.contracts import ProgressRecord, TrainingFailure, TrainingResult
 from tests.conftest import load_sample, with_changes
 
@@ -564,3 +571,118 @@ def test_stages_after_training_keep_the_last_loss_and_success_keeps_the_epochs_r
     assert (done.status.progress.epoch, done.status.progress.epochs) == (20, 30)
     assert done.status.progress.summary == "20/30 (100%)"
     assert done.status.progress.loss == 0.12
+
+
+# ------------------------------------------------------------------------ workers that cannot start
+
+
+def waiting_pod(rank: int, reason: str, message: str = "", scheduled_ago: float = 30.0) -> Any:
+    """A scheduled pod of attempt 1 whose trainer container waits, as the kubelet reports it."""
+    p = pod(1, rank, "Pending", ready=False)
+    scheduled_at = (NOW - timedelta(seconds=scheduled_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    p["status"]["conditions"].append(
+        {"type": "PodScheduled", "status": "True", "lastTransitionTime": scheduled_at}
+    )
+    p["metadata"]["uid"] = f"pod-uid-{rank}"
+    p["status"]["containerStatuses"][0]["state"] = {
+        "waiting": {"reason": reason, "message": message}
+    }
+    return p
+
+
+def blocked(p: Plan) -> Any:
+    return next((c for c in p.status.conditions if c.type == "WorkersBlocked"), None)
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "ErrImageNeverPull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    ],
+)
+def test_a_container_that_cannot_be_created_blocks_the_workers(reason: str) -> None:
+    pods = [pod(1, 0), waiting_pod(1, reason, 'Back-off pulling image "registry/trainer:typo"')]
+    p = plan(training(running_status(phase="Pending")), gang(1), pods)
+    condition_ = blocked(p)
+    assert condition_ is not None
+    assert (condition_.status, condition_.reason) == ("True", reason)
+    assert condition_.message.startswith(f"pod digits-a1-1-x (rank 1) cannot start: {reason}: ")
+    assert "registry/trainer:typo" in condition_.message
+    assert p.status.phase == "Pending"
+
+
+def test_an_unschedulable_worker_blocks_at_once_with_the_schedulers_message() -> None:
+    """No timeout: the scheduler's verdict is news at once (Unschedulable itself still waits
+    for runPolicy.scheduleTimeoutSeconds)."""
+    since = NOW - timedelta(seconds=2)
+    pods = [pod(1, 0, "Pending", ready=False, unschedulable_since=since), pod(1, 1)]
+    p = plan(training(running_status(phase="Pending")), gang(1), pods)
+    condition_ = blocked(p)
+    assert condition_ is not None
+    assert (condition_.status, condition_.reason) == ("True", "Unschedulable")
+    assert "digits-a1-0-x (rank 0)" in condition_.message
+    assert "0/3 nodes have enough nvidia.com/gpu" in condition_.message
+    assert not any(c.type == "Unschedulable" for c in p.status.conditions)
+
+
+def volume_event(reason: str, message: str, at: str = "2026-11-29T11:59:50Z") -> dict[str, Any]:
+    return {"reason": reason, "message": message, "lastTimestamp": at, "type": "Warning"}
+
+
+def test_a_volume_that_cannot_be_attached_blocks_the_workers_from_its_events() -> None:
+    stuck = waiting_pod(0, "ContainerCreating")
+    multi_attach = (
+        'Multi-Attach error for volume "pvc-1" Volume is already used by pod(s) digits-a1-1-x'
+    )
+    events = {
+        "pod-uid-0": [
+            volume_event("Scheduled", "assigned to node-b", "2026-11-29T11:59:30Z"),
+            volume_event("FailedMount", "timed out", "2026-11-29T11:59:40Z"),
+            volume_event("FailedAttachVolume", multi_attach),
+        ]
+    }
+    observed = Observed(jobs=gang(1), pods=[stuck, pod(1, 1)], progress=None, now=NOW)
+    p = plan_training(
+        training(running_status(phase="Pending")), replace(observed, pod_events=events)
+    )
+    condition_ = blocked(p)
+    assert condition_ is not None
+    assert (condition_.status, condition_.reason) == ("True", "FailedAttachVolume")
+    assert "digits-a1-0-x (rank 0)" in condition_.message and "Multi-Attach" in condition_.message
+    without_events = plan(training(running_status(phase="Pending")), gang(1), [stuck, pod(1, 1)])
+    assert blocked(without_events) is None  # creating, and nothing said why yet
+
+
+def test_only_pods_scheduled_a_while_ago_and_still_creating_have_their_events_read() -> None:
+    slow = waiting_pod(0, "ContainerCreating", scheduled_ago=30)
+    fresh = waiting_pod(1, "ContainerCreating", scheduled_ago=1)
+    pulling_failed = waiting_pod(1, "ErrImagePull", scheduled_ago=30)
+    unscheduled = pod(1, 1, "Pending", ready=False, unschedulable_since=NOW)
+    picked = creating_too_long([slow, fresh, pulling_failed, unscheduled, pod(1, 0)], NOW)
+    assert picked == [slow]
+
+
+def test_workers_that_start_clear_the_condition_and_a_run_that_ends_too() -> None:
+    pods = [pod(1, 0), waiting_pod(1, "ImagePullBackOff")]
+    first = plan(training(running_status(phase="Pending")), gang(1), pods)
+    settled = training(first.status.model_dump(by_alias=True, exclude_none=True))
+    started = plan(settled, gang(1), [pod(1, 0), pod(1, 1)])
+    condition_ = blocked(started)
+    assert condition_ is not None
+    assert (condition_.status, condition_.reason) == ("False", "WorkersStarted")
+    deadline = plan(
+        training(
+            first.status.model_dump(by_alias=True, exclude_none=True),
+            **{"spec.runPolicy.activeDeadlineSeconds": 60},
+        ),
+        gang(1),
+        pods,
+    )
+    assert deadline.status.phase == "Failed"
+    ended = blocked(deadline)
+    assert ended is not None and ended.status == "False"
