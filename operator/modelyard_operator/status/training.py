@@ -243,7 +243,9 @@ def plan_training(mt: ModelTraining, observed: Observed) -> Plan:
         _suspend(run, jobs)
     elif all(_deleting(j) for j in gang.jobs):  # none yet, or ended
         _start_next_attempt(run)
-    elif sorted(map(_name, gang.jobs)) != sorted(attempt_job_names(mt, status.attempt)):
+    elif any(_deleting(j) for j in gang.jobs) or sorted(map(_name, gang.jobs)) != sorted(
+        attempt_job_names(mt, status.attempt)
+    ):
         _end_broken_gang(run, gang)
     else:
         _follow_attempt(run, gang)

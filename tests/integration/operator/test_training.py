@@ -404,11 +404,25 @@ def wait_in_container(objects: Objects, pod: Any, reason: str, message: str) -> 
     )
 
 
+def wait_scheduled(objects: Objects, pod: Any) -> None:
+    """Rank 0 is bound to a node once the models claim is bound, a moment after the test made
+    it; until then the real scheduler reports it Unschedulable (and would overwrite a status
+    that a test wrote)."""
+    wait_until(
+        lambda: (
+            objects.core.read_namespaced_pod(pod.metadata.name, objects.namespace).spec.node_name
+        ),
+        timeout=60,
+        what=f"{pod.metadata.name} scheduled",
+    )
+
+
 def test_an_image_that_cannot_be_pulled_is_a_condition_and_clears_once_running(
     objects: Objects,
 ) -> None:
     objects.create(PLURAL, training(workers=2))
     rank0, rank1 = by_rank(attempt_pods(objects, "digits", 1, 2))
+    wait_scheduled(objects, rank0)
     objects.set_pod(rank0, "Running")
     started = time.monotonic()
     wait_in_container(objects, rank1, "ImagePullBackOff", 'Back-off pulling image "trainer:typo"')
@@ -430,15 +444,7 @@ def test_a_volume_that_cannot_be_attached_is_a_condition_from_the_pods_events(
     controller's Event (posted here as it would post it) names the Multi-Attach."""
     objects.create(PLURAL, training(workers=2))
     rank0, rank1 = by_rank(attempt_pods(objects, "digits", 1, 2))
-    # Rank 0 is bound to a node once its claim is bound (until then the real scheduler says
-    # Unschedulable, which would be the right condition too).
-    wait_until(
-        lambda: (
-            objects.core.read_namespaced_pod(rank0.metadata.name, objects.namespace).spec.node_name
-        ),
-        timeout=60,
-        what="rank 0 scheduled",
-    )
+    wait_scheduled(objects, rank0)
     objects.set_pod(rank1, "Running")
     objects.set_pod(rank0, "Pending")  # scheduled, ContainerCreating
     text = (

@@ -238,6 +238,14 @@ def test_a_gang_whose_job_is_gone_ends_and_the_next_attempt_waits_for_its_pods()
     assert plan(after, [], []).create_attempt == 2
 
 
+def test_a_gang_whose_job_is_being_deleted_ends_too() -> None:
+    jobs = gang(1)
+    jobs[1]["metadata"]["deletionTimestamp"] = "2026-11-29T11:59:00Z"
+    p = plan(training(running_status()), jobs, [pod(1, 0), pod(1, 1)])
+    assert p.delete_jobs == ["digits-a1"]  # the other one goes already
+    assert p.create_attempt is None
+
+
 def test_one_worker_has_one_job() -> None:
     rank0 = succeeded_rank(1, RUN_DIR)
     p = plan(training(running_status(), **{"spec.workers": 1}), [job(1, "Complete")], [rank0])
