@@ -522,6 +522,8 @@ def test_a_pod_of_a_deleted_job_of_ours_still_holds_the_next_attempt_back() -> N
     leftover = pod(1, 0, "Running")  # its Job digits-a1 is gone already
     p = plan(training(running_status(phase="Pending")), [], [leftover])
     assert p.create_attempt is None
+    peer = pod(1, 1, "Running")  # of digits-a1-w
+    assert plan(training(running_status(phase="Pending")), [], [peer]).create_attempt is None
     look_alike = pod(1, 0, "Running")
     look_alike["metadata"]["ownerReferences"] = []
     p = plan(training(running_status(phase="Pending")), [], [look_alike])
