@@ -20,7 +20,7 @@ from modelyard_storage.connection import S3Connection
 from modelyard_storage.uri import PVC_URI_PATTERN, STORAGE_URI_PATTERN, is_s3, parse_uri
 from modelyard_trainer.config import DataConfig, TrainerConfig, TrainingConfig
 
-# Children are `<name>-progress`, `<name>-a<attempt>` and pods `<name>-a<attempt>-<index>`,
+# Children are `<name>-progress`, `<name>-a<attempt>[-w]` and pods `<name>-a<attempt>[-w]-<index>`,
 # whose host names must fit 63 characters; 40 leaves room for every suffix.
 MAX_NAME_LENGTH = 40
 MAX_WORKERS = 128

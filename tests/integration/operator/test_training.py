@@ -58,8 +58,23 @@ def by_rank(pods: list[Any]) -> list[Any]:
     return sorted(pods, key=rank_of)
 
 
+def wait_scheduled(objects: Objects, pod: Any) -> None:
+    """Rank 0 is bound to a node once the models claim is bound, a moment after the test made
+    it; until then the real scheduler reports it Unschedulable (and would overwrite a status
+    that a test wrote, which WorkersBlocked then reports)."""
+    wait_until(
+        lambda: (
+            objects.core.read_namespaced_pod(pod.metadata.name, objects.namespace).spec.node_name
+        ),
+        timeout=60,
+        what=f"{pod.metadata.name} scheduled",
+    )
+
+
 def run_all(objects: Objects, pods: list[Any]) -> None:
+    """As a kubelet would: only a pod bound to a node runs."""
     for pod in pods:
+        wait_scheduled(objects, pod)
         objects.set_pod(pod, "Running")
 
 
@@ -401,19 +416,6 @@ def wait_in_container(objects: Objects, pod: Any, reason: str, message: str) -> 
     }
     objects.core.patch_namespaced_pod_status(
         pod.metadata.name, objects.namespace, {"status": status}
-    )
-
-
-def wait_scheduled(objects: Objects, pod: Any) -> None:
-    """Rank 0 is bound to a node once the models claim is bound, a moment after the test made
-    it; until then the real scheduler reports it Unschedulable (and would overwrite a status
-    that a test wrote)."""
-    wait_until(
-        lambda: (
-            objects.core.read_namespaced_pod(pod.metadata.name, objects.namespace).spec.node_name
-        ),
-        timeout=60,
-        what=f"{pod.metadata.name} scheduled",
     )
 
 
