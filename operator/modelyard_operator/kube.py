@@ -340,6 +340,14 @@ class Kube:
                 if line:
                     yield json.loads(line)
 
+    def events_about(self, namespace: str, uid: str) -> list[Manifest]:
+        """The Events whose involved object has this uid (what the scheduler, the kubelet
+        and the attach/detach controller said about one pod)."""
+        path = resource_path("v1", "Event", namespace)
+        found = self.request("GET", path, params={"fieldSelector": f"involvedObject.uid={uid}"})
+        items: list[Manifest] = found.get("items") or []
+        return items
+
     def observed_write(self, obj: Manifest) -> None:
         """Told of every object this client created or applied (see handlers/cache.py)."""
 

@@ -20,6 +20,8 @@ DEPLOYMENT_LABEL = "modelyard.dev/deployment"
 # A training Job's (and its pods') attempt and the generation of the spec it runs.
 ATTEMPT_LABEL = "modelyard.dev/attempt"
 GENERATION_LABEL = "modelyard.dev/generation"
+# The well-known node label that topology spread constraints spread training workers over.
+HOSTNAME_LABEL = "kubernetes.io/hostname"
 # Kueue's: the LocalQueue a training Job is submitted to.
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 

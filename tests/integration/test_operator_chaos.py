@@ -141,7 +141,7 @@ def wanted_children(body: dict[str, Any], settings: Settings) -> set[tuple[str, 
         attempt = int(status.get("attempt") or 1)
         manifests = [
             *mt_builders.static_children(mt, settings),
-            mt_builders.job(mt, attempt, settings),
+            *mt_builders.jobs(mt, attempt, settings),
         ]
     return {(m["kind"], m["metadata"]["name"], body["metadata"]["uid"]) for m in manifests}
 

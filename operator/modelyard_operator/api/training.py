@@ -20,7 +20,7 @@ from modelyard_storage.connection import S3Connection
 from modelyard_storage.uri import PVC_URI_PATTERN, STORAGE_URI_PATTERN, is_s3, parse_uri
 from modelyard_trainer.config import DataConfig, TrainerConfig, TrainingConfig
 
-# Children are `<name>-progress`, `<name>-a<attempt>` and pods `<name>-a<attempt>-<index>`,
+# Children are `<name>-progress`, `<name>-a<attempt>[-w]` and pods `<name>-a<attempt>[-w]-<index>`,
 # whose host names must fit 63 characters; 40 leaves room for every suffix.
 MAX_NAME_LENGTH = 40
 MAX_WORKERS = 128
@@ -60,6 +60,17 @@ class TrainingScheduling(Scheduling):
         ),
         max_length=63,
     )
+    spread_workers: Literal["preferred", "required", "none"] = Field(
+        "preferred",
+        description=(
+            "How the workers spread over nodes: a topology spread constraint on "
+            "kubernetes.io/hostname over this attempt's own pods, max skew 1, counting only the "
+            "nodes that they may run on (node selector, affinity, taints). preferred (default): "
+            "one worker per node where the scheduler can, several on a node otherwise; "
+            "required: no node holds more than one worker above any other eligible node "
+            "(a worker stays Pending rather); none: no constraint."
+        ),
+    )
 
 
 class Output(ApiModel):
@@ -69,7 +80,9 @@ class Output(ApiModel):
         "pvc://modelyard-models",
         description=(
             "Output location: pvc://<claim>[/<path>] (the claim must exist in the namespace; "
-            "the operator never owns it; only rank 0 mounts it) or s3://<bucket>[/<prefix>] "
+            "the operator never owns it; only rank 0 mounts it, in a Job of its own, so it may "
+            "be ReadWriteOnce; with scheduling.queueName every worker does) or "
+            "s3://<bucket>[/<prefix>] "
             "(needs spec.s3; checkpoints go there too, so a resumed attempt needs no volume)."
         ),
         max_length=1024,
@@ -266,7 +279,13 @@ class ModelTrainingStatus(ApiModel):
     phase: TrainingPhase = Field("Pending", description="Phase for display.")
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Created, Running, Restarting, Succeeded, Failed, Suspended.",
+        description=(
+            "Created, Running, Restarting, Succeeded, Failed, Suspended, Unschedulable, "
+            "ChildrenApplied, and WorkersBlocked: True while a worker cannot start, with the "
+            "scheduler's or kubelet's reason (Unschedulable, ErrImagePull, ImagePullBackOff, "
+            "ErrImageNeverPull, InvalidImageName, CreateContainerConfigError, "
+            "CreateContainerError, FailedAttachVolume, FailedMount)."
+        ),
     )
     attempt: int = Field(
         0, description="Number of the current attempt (1-based) of this generation."

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -18,7 +18,13 @@ from modelyard_operator.builders.common import (
     scheduling_fields,
     user_env,
 )
-from modelyard_operator.names import ATTEMPT_LABEL, GENERATION_LABEL, QUEUE_LABEL, TRAINING_LABEL
+from modelyard_operator.names import (
+    ATTEMPT_LABEL,
+    GENERATION_LABEL,
+    HOSTNAME_LABEL,
+    QUEUE_LABEL,
+    TRAINING_LABEL,
+)
 from modelyard_operator.ownership import Manifest
 from modelyard_operator.settings import Settings
 from modelyard_storage.uri import PvcUri, parse_uri
@@ -30,6 +36,8 @@ COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-ind
 CONTAINER = "trainer"
 CONFIG_DIR = "/etc/modelyard"
 CONFIG_FILE = "trainer.yaml"
+# The pods of one Job of an attempt: every rank, rank 0 alone, or ranks 1..N-1.
+JobRole = Literal["gang", "rank0", "peers"]
 # With an s3:// output the run is built here (the pod's scratch emptyDir) and mirrored there.
 S3_SCRATCH_OUTPUT = "/tmp/modelyard-output"
 
@@ -47,7 +55,30 @@ def service_account_name(name: str) -> str:
 
 
 def job_name(name: str, attempt: int) -> str:
+    """The attempt's Job that runs rank 0 (alone, or with every rank: see `splits_rank_zero`)."""
     return f"{name}-a{attempt}"
+
+
+def peers_job_name(name: str, attempt: int) -> str:
+    """The attempt's Job of ranks 1..N-1 when rank 0 has a Job of its own."""
+    return f"{job_name(name, attempt)}-w"
+
+
+def splits_rank_zero(mt: ModelTraining) -> bool:
+    """Whether rank 0 runs in a Job of its own: only it mounts a pvc:// output claim, which is
+    ReadWriteOnce on most clouds (a second node could not attach it), and a pod template is
+    the same for every index of a Job. A Job queued in Kueue stays one Job: Kueue admits each
+    Job on its own, and half a gang would wait for its other half."""
+    output = parse_uri(mt.spec.output.uri, "output.uri")
+    return mt.spec.workers > 1 and isinstance(output, PvcUri) and not mt.spec.scheduling.queue_name
+
+
+def attempt_job_names(mt: ModelTraining, attempt: int) -> list[str]:
+    """The Jobs that together run one attempt's gang."""
+    name = mt.metadata.name
+    if splits_rank_zero(mt):
+        return [job_name(name, attempt), peers_job_name(name, attempt)]
+    return [job_name(name, attempt)]
 
 
 def rendezvous_id(mt: ModelTraining, attempt: int) -> str:
@@ -156,12 +187,31 @@ def _completion_index() -> dict[str, Any]:
     return {"valueFrom": {"fieldRef": {"fieldPath": COMPLETION_INDEX}}}
 
 
-def _worker_env(mt: ModelTraining, attempt: int, settings: Settings) -> list[dict[str, Any]]:
+# The peers' node rank is their completion index + 1, which no fieldRef can compute: this
+# sets it before the trainer starts (in Python, which every trainer image has; a shell may not).
+_PEER_RANK_SCRIPT = """import os, sys
+rank = str(int(os.environ["JOB_COMPLETION_INDEX"]) + 1)
+for key in sys.argv[1].split(","):
+    os.environ[key] = rank
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+def _rank_variables(mt: ModelTraining) -> list[str]:
+    """The variables that hold the node rank: torchrun's, and plain `init_process_group`'s
+    when a worker runs a single process (torchrun sets RANK per process otherwise)."""
+    return ["PET_NODE_RANK", "RANK"] if mt.spec.processes_per_worker == 1 else ["PET_NODE_RANK"]
+
+
+def _worker_env(
+    mt: ModelTraining, attempt: int, settings: Settings, peers: bool
+) -> list[dict[str, Any]]:
+    """`peers`: the node rank is left to _PEER_RANK_SCRIPT."""
     spec, meta = mt.spec, mt.metadata
     master = f"{job_name(meta.name, attempt)}-0.{meta.name}"
+    rank = [] if peers else [{"name": key, **_completion_index()} for key in _rank_variables(mt)]
     env: list[dict[str, Any]] = [
         {"name": "PET_NNODES", "value": str(spec.workers)},
-        {"name": "PET_NODE_RANK", **_completion_index()},
         {"name": "PET_NPROC_PER_NODE", "value": str(spec.processes_per_worker)},
         {"name": "PET_MASTER_ADDR", "value": master},
         {"name": "PET_MASTER_PORT", "value": str(settings.master_port)},
@@ -172,8 +222,8 @@ def _worker_env(mt: ModelTraining, attempt: int, settings: Settings) -> list[dic
             {"name": "MASTER_ADDR", "value": master},
             {"name": "MASTER_PORT", "value": str(settings.master_port)},
             {"name": "WORLD_SIZE", "value": str(spec.workers)},
-            {"name": "RANK", **_completion_index()},
         ]
+    env += rank
     env += [
         {"name": contracts.ENV_RUN_NAMESPACE, "value": meta.namespace},
         {"name": contracts.ENV_RUN_NAME, "value": meta.name},
@@ -190,28 +240,67 @@ def _worker_env(mt: ModelTraining, attempt: int, settings: Settings) -> list[dic
     return env + user_env(spec.pod)
 
 
-def _claims(mt: ModelTraining) -> list[str]:
-    """Claims to mount under the PVC root: the output's and the data's, when on a PVC."""
-    uris = (mt.spec.output.uri, mt.spec.data.source.uri)
+def _claims(mt: ModelTraining, with_output: bool) -> list[str]:
+    """Claims to mount under the PVC root: the data's, and the output's when `with_output`."""
+    uris = (mt.spec.output.uri if with_output else None, mt.spec.data.source.uri)
     return sorted(
         {parsed.claim for uri in uris if uri and isinstance(parsed := parse_uri(uri), PvcUri)}
     )
 
 
-def _command(mt: ModelTraining, output_dir: str) -> list[str]:
+def _command(mt: ModelTraining, output_dir: str, peers: bool) -> list[str]:
     trainer_args = ["--config", f"{CONFIG_DIR}/{CONFIG_FILE}", "--output", output_dir]
-    if mt.spec.processes_per_worker == 1:
-        return ["python", "-m", "modelyard_trainer", *trainer_args]
-    # torchrun's launcher, reading PET_* from the environment, but exiting with the workers'
-    # own code so that the podFailurePolicy still sees the permanent ones.
-    return ["python", "-m", "modelyard_trainer.launch", *trainer_args]
+    module = "modelyard_trainer"
+    if mt.spec.processes_per_worker > 1:
+        # torchrun's launcher, reading PET_* from the environment, but exiting with the
+        # workers' own code so that the podFailurePolicy still sees the permanent ones.
+        module = "modelyard_trainer.launch"
+    command = ["python", "-m", module, *trainer_args]
+    if peers:
+        return ["python", "-c", _PEER_RANK_SCRIPT, ",".join(_rank_variables(mt)), *command]
+    return command
 
 
-def job(mt: ModelTraining, attempt: int, settings: Settings) -> Manifest:
-    """One attempt: an Indexed Job whose pods form one DDP gang."""
+def spread_constraints(mt: ModelTraining, attempt: int) -> list[dict[str, Any]]:
+    """One worker per node as spec.scheduling.spreadWorkers asks, counting this attempt's pods
+    only (those of an attempt that is still going away do not count)."""
+    mode = mt.spec.scheduling.spread_workers
+    if mode == "none":
+        return []
+    gang = {TRAINING_LABEL: mt.metadata.name, ATTEMPT_LABEL: str(attempt)}
+    return [
+        {
+            "maxSkew": 1,
+            "topologyKey": HOSTNAME_LABEL,
+            "whenUnsatisfiable": "DoNotSchedule" if mode == "required" else "ScheduleAnyway",
+            "labelSelector": {"matchLabels": gang},
+            # Nodes that the workers cannot run on (tainted GPU nodes, say) are no domain that
+            # a required spread would wait to fill; nodeAffinityPolicy is Honor by default.
+            "nodeTaintsPolicy": "Honor",
+        }
+    ]
+
+
+def jobs(mt: ModelTraining, attempt: int, settings: Settings) -> list[Manifest]:
+    """One attempt: Indexed Jobs whose pods form one DDP gang, named by attempt_job_names."""
+    if splits_rank_zero(mt):
+        return [
+            _job(mt, attempt, settings, "rank0"),
+            _job(mt, attempt, settings, "peers"),
+        ]
+    return [_job(mt, attempt, settings, "gang")]
+
+
+def _job(mt: ModelTraining, attempt: int, settings: Settings, role: JobRole) -> Manifest:
+    """The Job of the whole gang, of rank 0 alone (one pod, the only one that mounts the
+    output claim), or of the peers, ranks 1..N-1 (without that claim)."""
     spec, meta = mt.spec, mt.metadata
+    peers = role == "peers"
+    name = peers_job_name(meta.name, attempt) if peers else job_name(meta.name, attempt)
+    pods = {"gang": spec.workers, "rank0": 1, "peers": spec.workers - 1}[role]
     output = parse_uri(spec.output.uri, "output.uri")
     if isinstance(output, PvcUri):
+        # The peers get the same --output (the trainer only resolves it; rank 0 alone writes).
         parts = (contracts.DEFAULT_PVC_MOUNT_ROOT, output.claim, output.path)
         output_dir = "/".join(p for p in parts if p)
     else:
@@ -231,7 +320,7 @@ def job(mt: ModelTraining, attempt: int, settings: Settings) -> Manifest:
         {"name": "shm", "mountPath": "/dev/shm"},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
-    for index, claim_name in enumerate(_claims(mt)):
+    for index, claim_name in enumerate(_claims(mt, with_output=not peers)):
         volumes.append({"name": f"pvc-{index}", "persistentVolumeClaim": {"claimName": claim_name}})
         mounts.append(
             {
@@ -243,8 +332,8 @@ def job(mt: ModelTraining, attempt: int, settings: Settings) -> Manifest:
         "name": CONTAINER,
         "image": spec.pod.image or settings.trainer_image,
         "imagePullPolicy": spec.pod.image_pull_policy or settings.image_pull_policy,
-        "command": _command(mt, output_dir),
-        "env": _worker_env(mt, attempt, settings),
+        "command": _command(mt, output_dir, peers),
+        "env": _worker_env(mt, attempt, settings, peers),
         "ports": [{"name": "rendezvous", "containerPort": settings.master_port}],
         "resources": resources(spec.resources),
         "volumeMounts": mounts + spec.pod.volume_mounts,
@@ -262,13 +351,16 @@ def job(mt: ModelTraining, attempt: int, settings: Settings) -> Manifest:
         **pod_override_fields(spec.pod, service_account_name(meta.name)),
         **scheduling_fields(spec.scheduling),
     }
+    spread = spread_constraints(mt, attempt)
+    if spread:
+        pod_spec["topologySpreadConstraints"] = spread
     template: dict[str, Any] = {"metadata": {"labels": pod_labels}, "spec": pod_spec}
     if spec.pod.annotations:
         template["metadata"]["annotations"] = dict(spec.pod.annotations)
     job_spec: dict[str, Any] = {
         "completionMode": "Indexed",
-        "completions": spec.workers,
-        "parallelism": spec.workers,
+        "completions": pods,
+        "parallelism": pods,
         "backoffLimit": 0,
         "podFailurePolicy": {
             "rules": [
@@ -289,11 +381,4 @@ def job(mt: ModelTraining, attempt: int, settings: Settings) -> Manifest:
         job_labels[QUEUE_LABEL] = spec.scheduling.queue_name
         # Created suspended; from then on Kueue alone owns `suspend`.
         job_spec["suspend"] = True
-    return child(
-        "batch/v1",
-        "Job",
-        job_name(meta.name, attempt),
-        (KIND, meta),
-        job_labels,
-        {"spec": job_spec},
-    )
+    return child("batch/v1", "Job", name, (KIND, meta), job_labels, {"spec": job_spec})

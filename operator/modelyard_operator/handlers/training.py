@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -13,7 +14,7 @@ from modelyard_operator.api.training import ModelTraining, ModelTrainingStatus
 from modelyard_operator.builders.common import with_spec_hash
 from modelyard_operator.builders.training import (
     KIND,
-    job,
+    jobs,
     progress_config_map_name,
     static_children,
 )
@@ -25,16 +26,26 @@ from modelyard_operator.handlers.common import (
     rejection,
     write_status,
 )
-from modelyard_operator.kube import Kube
+from modelyard_operator.kube import ApiError, Kube
 from modelyard_operator.names import TRAINING_LABEL
-from modelyard_operator.ownership import controlled_by
+from modelyard_operator.ownership import Manifest, controlled_by
 from modelyard_operator.settings import Settings
-from modelyard_operator.status.training import Observed, Plan, parse_progress, plan_training
+from modelyard_operator.status.training import (
+    Observed,
+    Plan,
+    creating_too_long,
+    parse_progress,
+    plan_training,
+)
 from modelyard_operator.validation import format_validation_error
 from modelyard_trainer.contracts import PROGRESS_DATA_KEY, ProgressRecord
 
 log = logging.getLogger(__name__)
 ACTIVE_PHASES = ("Pending", "Running", "Exporting")
+# Pods whose Events one pass reads at most (see _pod_events).
+EVENT_READS_PER_PASS = 4
+# Set when the API server refused to list Events: not asked again until a restart.
+_events_refused = False
 
 
 def reconcile_training(
@@ -54,11 +65,14 @@ def reconcile_training(
         return None, "Failed"
 
     selector = {TRAINING_LABEL: name}
+    pods = kube.list("v1", "Pod", namespace, selector)
+    now = datetime.now(UTC)
     observed = Observed(
         jobs=kube.list("batch/v1", "Job", namespace, selector),
-        pods=kube.list("v1", "Pod", namespace, selector),
+        pods=pods,
         progress=_read_progress(kube, mt),
-        now=datetime.now(UTC),
+        now=now,
+        pod_events=_pod_events(kube, namespace, creating_too_long(pods, now)),
     )
     plan = plan_training(mt, observed)
     rejected = _carry_out(kube, settings, mt, plan)
@@ -93,10 +107,40 @@ def _carry_out(kube: Kube, settings: Settings, mt: ModelTraining, plan: Plan) ->
     for name in plan.delete_jobs:  # the planner's Jobs are ours (controlled by our uid)
         kube.delete("batch/v1", "Job", namespace, name)
     if plan.create_attempt is not None and not rejected:
-        manifest = job(mt, plan.create_attempt, settings)
-        refused = rejection(manifest, lambda: kube.create_owned(manifest))
-        rejected += [refused] if refused else []
+        created: list[str] = []
+        for manifest in jobs(mt, plan.create_attempt, settings):
+            refused = rejection(manifest, functools.partial(kube.create_owned, manifest))
+            if refused:
+                # Half a gang would wait for its other half: the attempt is not started.
+                for name in created:
+                    kube.delete_owned("batch/v1", "Job", namespace, name, uid)
+                rejected.append(refused)
+                break
+            created.append(manifest["metadata"]["name"])
     return rejected
+
+
+def _pod_events(kube: Kube, namespace: str, pods: list[Manifest]) -> dict[str, list[Manifest]]:
+    """The Events of pods that are slow to create their containers, by pod uid: a few pods
+    are enough to say why the gang cannot start, and bound the reads of one pass."""
+    global _events_refused
+    events: dict[str, list[Manifest]] = {}
+    for pod in [] if _events_refused else pods[:EVENT_READS_PER_PASS]:
+        uid = str(pod["metadata"].get("uid") or "")
+        try:
+            events[uid] = kube.events_about(namespace, uid)
+        except ApiError as error:
+            if error.status != 403:
+                raise
+            # Every other reason (scheduler, image, configuration) is still reported.
+            _events_refused = True
+            log.warning(
+                "may not list Events (%s): a worker that cannot attach or mount a volume is "
+                "not reported; grant list on events to the operator",
+                error.reason,
+            )
+            break
+    return events
 
 
 def _read_progress(kube: Kube, mt: ModelTraining) -> ProgressRecord | None:

@@ -5,9 +5,10 @@ operator adds no finalizer and no annotation, and an unchanged object causes no 
 kopf watches the two custom resources; each of its events also refreshes the object in the
 operator's cache. The children and their pods are watched by the informers of
 handlers/cache.py, filtered by label on the server: their Deployment and Job events, and the
-deletion of any child, enqueue the custom resource named in the child's labels (pods wake no
-one: what matters of them shows in their Deployment's or Job's status, and every rollout or
-training that watches its pods polls)."""
+deletion of any child, enqueue the custom resource named in the child's labels. A training's
+pods wake it too (a worker that cannot start shows in no Job status); a server's pods wake no
+one: what matters of them shows in their Deployment's status, and a rollout that watches its
+pods polls."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ OWNER_LABELS = {
     TRAINING_LABEL: "trainings",
 }
 # Child kinds whose every change may change the owner's status; any child's deletion counts too.
-STATUS_KINDS = {"Deployment", "Job"}
+STATUS_KINDS = {"Deployment", "Job", "Pod"}
 CACHE_SYNC_SECONDS = 60.0
 
 Key = tuple[str, str]
@@ -76,11 +77,14 @@ def _queue_for(kind: str, reconciler: Reconciler, kube: Kube, settings: Settings
 
 def child_changed(kind: str, event: str, obj: Manifest) -> None:
     """An informer's event: wake the custom resource that the child belongs to."""
-    if _runtime is None or kind == "Pod" or (kind not in STATUS_KINDS and event != "DELETED"):
+    if _runtime is None or (kind not in STATUS_KINDS and event != "DELETED"):
         return
     meta = obj.get("metadata") or {}
     labels = meta.get("labels") or {}
-    for label, queue in OWNER_LABELS.items():
+    # A training's worker pods wake it: one that cannot start (unschedulable, image, volume)
+    # must show in status at once, not at the next poll; a server pod wakes no one.
+    owners = {TRAINING_LABEL: "trainings"} if kind == "Pod" else OWNER_LABELS
+    for label, queue in owners.items():
         owner = labels.get(label)
         if owner:
             work: WorkQueue = getattr(_runtime, queue)

@@ -28,7 +28,12 @@ from modelyard_operator.api.training import (
     TrainingResultStatus,
     WorkerCounts,
 )
-from modelyard_operator.builders.training import CONTAINER, job_name
+from modelyard_operator.builders.training import (
+    CONTAINER,
+    attempt_job_names,
+    job_name,
+    peers_job_name,
+)
 from modelyard_operator.names import ATTEMPT_LABEL, GENERATION_LABEL
 from modelyard_operator.ownership import controlled_by, controller_uid
 from modelyard_operator.status.conditions import (
@@ -53,6 +58,30 @@ from modelyard_trainer.contracts import (
 )
 
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+# True while a worker of the current attempt cannot start, with the scheduler's or kubelet's
+# reason; False (WORKERS_STARTED) once none is blocked; absent until one ever was.
+WORKERS_BLOCKED = "WorkersBlocked"
+WORKERS_STARTED = "WorkersStarted"
+# Container waiting reasons that no wait will cure (image, configuration): the kubelet retries
+# with a back-off; until a person acts the worker never starts.
+BLOCKING_WAITING_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "ErrImageNeverPull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    }
+)
+# Event reasons about a scheduled pod whose volumes cannot be attached or mounted (Multi-Attach
+# of a ReadWriteOnce claim on a second node, a missing claim or Secret): the pod only shows
+# ContainerCreating.
+VOLUME_EVENT_REASONS = frozenset({"FailedAttachVolume", "FailedMount"})
+# A pod still creating its containers this long after it was scheduled: its Events are read.
+VOLUME_CHECK_AFTER_SECONDS = 5.0
+# Of the kubelet's or scheduler's own message, so much goes into the condition.
+BLOCKED_MESSAGE_LENGTH = 300
 ACTIVE_POD_PHASES = ("Pending", "Running", "Unknown")
 # While pods of an ended attempt are still going away, look again soon.
 SHORT_REQUEUE_SECONDS = 2.0
@@ -70,6 +99,8 @@ class Observed:
     now: datetime
     # Why children could not be applied (ForeignObject, refusals): no attempt starts then.
     rejected: tuple[str, ...] = ()
+    # Events about pods (by pod uid) that `creating_too_long` picked: volume failures.
+    pod_events: dict[str, list[Manifest]] = field(default_factory=dict)
 
 
 @dataclass
@@ -131,9 +162,21 @@ def _active(pod: Manifest) -> bool:
     return (pod.get("status") or {}).get("phase", "Pending") in ACTIVE_POD_PHASES
 
 
-def _rank(pod: Manifest) -> int | None:
-    value = (pod["metadata"].get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION)
-    return int(value) if value is not None and value.isdigit() else None
+@dataclass(frozen=True)
+class _Gang:
+    """The Jobs of the current attempt, and the pods that they control."""
+
+    jobs: list[Manifest]
+    pods: list[Manifest]
+    # The Job of ranks 1..N-1 when rank 0 has one of its own: its index i runs rank i + 1.
+    peers_uid: str | None = None
+
+    def rank(self, pod: Manifest) -> int | None:
+        value = (pod["metadata"].get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION)
+        if value is None or not value.isdigit():
+            return None
+        peer = self.peers_uid is not None and controller_uid(pod) == self.peers_uid
+        return int(value) + 1 if peer else int(value)
 
 
 def _terminated(pod: Manifest) -> dict[str, Any]:
@@ -191,19 +234,23 @@ def plan_training(mt: ModelTraining, observed: Observed) -> Plan:
         run.delete(stale)  # an edit ends the previous generation's attempt
     status = run.status
     status.attempt = max([status.attempt, *(_label_int(j, ATTEMPT_LABEL) for j in jobs)])
-    current = next((j for j in jobs if _label_int(j, ATTEMPT_LABEL) == status.attempt), None)
-    current_uid = current["metadata"].get("uid") if current else None
-    pods = [p for p in observed.pods if current_uid and controller_uid(p) == current_uid]
-    status.workers = _count_workers(pods)
+    gang = _current_gang(run, jobs)
+    status.workers = _count_workers(gang.pods)
 
     if status.phase in ("Succeeded", "Failed"):
         _after_the_end(run, jobs)
     elif mt.spec.run_policy.suspend:
         _suspend(run, jobs)
-    elif current is None or _deleting(current):
+    elif all(_deleting(j) for j in gang.jobs):  # none yet, or ended
         _start_next_attempt(run)
+    elif any(_deleting(j) for j in gang.jobs) or sorted(map(_name, gang.jobs)) != sorted(
+        attempt_job_names(mt, status.attempt)
+    ):
+        _end_broken_gang(run, gang)
     else:
-        _follow_attempt(run, current, pods)
+        _follow_attempt(run, gang)
+    ended = status.phase in ("Succeeded", "Failed", "Suspended")
+    _check_blocked(run, _Gang([], []) if ended else gang)
     if run.plan.keep_children:
         status.conditions, event = children_applied(
             status.conditions, observed.rejected, run.now, run.generation
@@ -211,6 +258,25 @@ def plan_training(mt: ModelTraining, observed: Observed) -> Plan:
         if event is not None:
             run.plan.events.append(event)
     return run.plan
+
+
+def _current_gang(run: _Run, jobs: list[Manifest]) -> _Gang:
+    """The current attempt's Jobs, and their pods: found by the Jobs' uids, not by labels."""
+    current = [j for j in jobs if _label_int(j, ATTEMPT_LABEL) == run.status.attempt]
+    uids = {j["metadata"].get("uid") for j in current} - {None}
+    pods = [p for p in run.observed.pods if controller_uid(p) in uids]
+    peers_name = peers_job_name(run.mt.metadata.name, run.status.attempt)
+    peers = next((j for j in current if _name(j) == peers_name), None)
+    return _Gang(current, pods, peers["metadata"].get("uid") if peers else None)
+
+
+def _end_broken_gang(run: _Run, gang: _Gang) -> None:
+    """One of the attempt's Jobs is gone (deleted by someone, or being deleted): the rest of
+    the gang could never finish; it goes, and the next attempt starts once its pods are gone."""
+    for job in gang.jobs:
+        run.delete(job)
+    run.status.phase = "Pending"
+    run.requeue(SHORT_REQUEUE_SECONDS)
 
 
 def _start_new_run_on_new_generation(run: _Run) -> None:
@@ -277,7 +343,8 @@ def _previous_attempt_still_running(run: _Run) -> bool:
 
 
 def _of_our_job(pod: Manifest, name: str) -> bool:
-    attempt_job = re.compile(re.escape(job_name(name, 0)[:-1]) + r"[0-9]+")
+    peers_suffix = re.escape(peers_job_name("", 0).removeprefix(job_name("", 0)))
+    attempt_job = re.compile(re.escape(job_name(name, 0)[:-1]) + f"[0-9]+({peers_suffix})?")
     return any(
         r.get("controller") and r.get("kind") == "Job" and attempt_job.fullmatch(str(r.get("name")))
         for r in pod["metadata"].get("ownerReferences") or []
@@ -320,19 +387,20 @@ def _deadline_passed(run: _Run) -> bool:
     return True
 
 
-def _follow_attempt(run: _Run, job: Manifest, pods: list[Manifest]) -> None:
-    if object_condition_true(job, "Complete"):
-        _succeed(run, pods)
-    elif object_condition_true(job, "Failed"):
-        _handle_failure(run, job, pods)
+def _follow_attempt(run: _Run, gang: _Gang) -> None:
+    if all(object_condition_true(j, "Complete") for j in gang.jobs):
+        _succeed(run, gang)
+    elif any(object_condition_true(j, "Failed") for j in gang.jobs):
+        _handle_failure(run, gang)
     elif _deadline_passed(run):
-        run.delete(job)
+        for job in gang.jobs:
+            run.delete(job)
     else:
-        _running(run, job, pods)
+        _running(run, gang)
 
 
-def _succeed(run: _Run, pods: list[Manifest]) -> None:
-    rank0 = next((p for p in pods if _rank(p) == 0), None)
+def _succeed(run: _Run, gang: _Gang) -> None:
+    rank0 = next((p for p in gang.pods if gang.rank(p) == 0), None)
     message = _terminated(rank0).get("message") if rank0 else None
     parsed = parse_termination_message(message)
     if not isinstance(parsed, TrainingResult):
@@ -398,9 +466,9 @@ def _outside_the_run(run: _Run, result: TrainingResult) -> str | None:
     )
 
 
-def _failure_of(attempt: int, job: Manifest, pods: list[Manifest]) -> FailureStatus:
+def _failure_of(attempt: int, gang: _Gang) -> FailureStatus:
     """The failure that ended an attempt: a worker's own report first, then its exit code."""
-    failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
+    failed = [p for p in gang.pods if (p.get("status") or {}).get("phase") == "Failed"]
     reports = []
     for pod in failed:
         terminated = _terminated(pod)
@@ -409,7 +477,7 @@ def _failure_of(attempt: int, job: Manifest, pods: list[Manifest]) -> FailureSta
     # Prefer a worker that said why (its peers merely lost it), then the earliest to fail.
     reports.sort(key=lambda r: (r[2] is None, str(r[1].get("finishedAt", ""))))
     if not reports:
-        job_failed = object_condition(job, "Failed") or {}
+        job_failed = _job_failed(gang)
         return FailureStatus(
             attempt=attempt,
             reason=str(job_failed.get("reason") or "JobFailed"),
@@ -423,7 +491,7 @@ def _failure_of(attempt: int, job: Manifest, pods: list[Manifest]) -> FailureSta
         reason, message, exit_code = report.reason, report.message, report.exit_code
     return FailureStatus(
         attempt=attempt,
-        rank=_rank(pod),
+        rank=gang.rank(pod),
         exit_code=exit_code,
         reason=reason,
         message=message[:1024],
@@ -431,14 +499,22 @@ def _failure_of(attempt: int, job: Manifest, pods: list[Manifest]) -> FailureSta
     )
 
 
-def _handle_failure(run: _Run, job: Manifest, pods: list[Manifest]) -> None:
+def _job_failed(gang: _Gang) -> dict[str, Any]:
+    """The Failed condition of the attempt's Job that failed (rather the one whose
+    podFailurePolicy ended it: that says the failure is permanent)."""
+    failed = [object_condition(j, "Failed") or {} for j in gang.jobs]
+    failed = [c for c in failed if c.get("status") == "True"]
+    failed.sort(key=lambda c: c.get("reason") != "PodFailurePolicy")
+    return failed[0] if failed else {}
+
+
+def _handle_failure(run: _Run, gang: _Gang) -> None:
     status, policy = run.status, run.mt.spec.run_policy
-    disrupted = any(object_condition_true(p, "DisruptionTarget") for p in pods)
+    disrupted = any(object_condition_true(p, "DisruptionTarget") for p in gang.pods)
     failure = status.last_failure
     if failure is None or failure.attempt != status.attempt:  # not yet counted
-        failure = _failure_of(status.attempt, job, pods)
-        failed_condition = object_condition(job, "Failed") or {}
-        if failed_condition.get("reason") == "PodFailurePolicy":
+        failure = _failure_of(status.attempt, gang)
+        if _job_failed(gang).get("reason") == "PodFailurePolicy":
             failure.permanent = True
         status.last_failure = failure
         if not disrupted and not failure.permanent:
@@ -469,12 +545,13 @@ def _handle_failure(run: _Run, job: Manifest, pods: list[Manifest]) -> None:
         )
         run.condition("Running", False, "AttemptFailed", failure.message)
         status.phase = "Pending"
-        run.delete(job)
+        for job in gang.jobs:
+            run.delete(job)
         run.requeue(SHORT_REQUEUE_SECONDS)
 
 
-def _running(run: _Run, job: Manifest, pods: list[Manifest]) -> None:
-    status, spec = run.status, run.mt.spec
+def _running(run: _Run, gang: _Gang) -> None:
+    status, spec, pods = run.status, run.mt.spec, gang.pods
     _check_schedulable(run, pods)
     phases = [(p.get("status") or {}).get("phase") for p in pods]
     running = phases.count("Running")
@@ -510,6 +587,73 @@ def _check_schedulable(run: _Run, pods: list[Manifest]) -> None:
         )
     elif any(c.type == "Unschedulable" for c in run.status.conditions):
         run.condition("Unschedulable", False, "Scheduled", "every worker is scheduled")
+
+
+def _scheduled_at(pod: Manifest) -> datetime | None:
+    scheduled = object_condition(pod, "PodScheduled") or {}
+    if scheduled.get("status") != "True":
+        return None
+    return parse_time(scheduled.get("lastTransitionTime"))
+
+
+def _container_statuses(pod: Manifest) -> list[dict[str, Any]]:
+    status = pod.get("status") or {}
+    return [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+
+
+def creating_too_long(pods: list[Manifest], now: datetime) -> list[Manifest]:
+    """Pods scheduled a while ago whose containers have not started (ContainerCreating, or no
+    status yet): only their Events say why, such as a volume that cannot be attached."""
+    stuck = []
+    for pod in pods:
+        scheduled = _scheduled_at(pod)
+        if (pod.get("status") or {}).get("phase") != "Pending" or scheduled is None:
+            continue
+        waiting = [(c.get("state") or {}).get("waiting") for c in _container_statuses(pod)]
+        creating = all(w is not None and w.get("reason") == "ContainerCreating" for w in waiting)
+        if creating and (now - scheduled).total_seconds() >= VOLUME_CHECK_AFTER_SECONDS:
+            stuck.append(pod)
+    return stuck
+
+
+def _event_time(event: Manifest) -> str:
+    return str(event.get("lastTimestamp") or event.get("eventTime") or "")
+
+
+def _why_blocked(pod: Manifest, events: list[Manifest]) -> tuple[str, str] | None:
+    """The scheduler's or kubelet's reason and message when the pod cannot start, or None."""
+    scheduled = object_condition(pod, "PodScheduled") or {}
+    if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+        return "Unschedulable", str(scheduled.get("message") or "")
+    for container in _container_statuses(pod):
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in BLOCKING_WAITING_REASONS:
+            return str(waiting["reason"]), str(waiting.get("message") or "")
+    volume = [e for e in events if e.get("reason") in VOLUME_EVENT_REASONS]
+    if volume and (pod.get("status") or {}).get("phase") == "Pending":
+        latest = max(volume, key=_event_time)
+        return str(latest["reason"]), str(latest.get("message") or "")
+    return None
+
+
+def _check_blocked(run: _Run, gang: _Gang) -> None:
+    """WorkersBlocked names the first worker (by rank) that cannot start, and why."""
+    blocked = []
+    for pod in sorted(gang.pods, key=lambda p: gang.rank(p) or 0):
+        uid = str(pod["metadata"].get("uid") or "")
+        why = _why_blocked(pod, run.observed.pod_events.get(uid, []))
+        if why is not None:
+            blocked.append((pod, *why))
+    if blocked:
+        pod, reason, detail = blocked[0]
+        others = f" ({len(blocked) - 1} more worker(s) blocked)" if len(blocked) > 1 else ""
+        message = (
+            f"pod {_name(pod)} (rank {gang.rank(pod)}) cannot start: {reason}: "
+            f"{detail[:BLOCKED_MESSAGE_LENGTH]}{others}"
+        )
+        run.condition(WORKERS_BLOCKED, True, reason, message)
+    elif any(c.type == WORKERS_BLOCKED for c in run.status.conditions):
+        run.condition(WORKERS_BLOCKED, False, WORKERS_STARTED, "no worker is blocked")
 
 
 def _take_progress(run: _Run) -> None:

@@ -16,7 +16,7 @@ from kubernetes import client
 from modelyard_trainer.contracts import ProgressRecord, TrainingFailure, TrainingResult
 from tests.conftest import load_sample
 from tests.integration.operator.conftest import OPERATOR_USER, OperatorProcess
-from tests.integration.operator.kinds import MANUAL_POD_LABELS, Objects
+from tests.integration.operator.kinds import MANUAL_POD_LABELS, Objects, now
 from tests.integration.support import AuditLog, wait_until
 
 PLURAL = "modeltrainings"
@@ -46,8 +46,35 @@ def attempt_pods(objects: Objects, name: str, attempt: int, count: int) -> list[
     )
 
 
+def rank_of(pod: Any) -> int:
+    """Rank 0 is index 0 of the Job <name>-a<attempt>; with a pvc:// output and several
+    workers, ranks 1..N-1 are indexes 0..N-2 of the Job <name>-a<attempt>-w."""
+    index = int(pod.metadata.annotations["batch.kubernetes.io/job-completion-index"])
+    peer = pod.metadata.labels["batch.kubernetes.io/job-name"].endswith("-w")
+    return index + 1 if peer else index
+
+
+def by_rank(pods: list[Any]) -> list[Any]:
+    return sorted(pods, key=rank_of)
+
+
+def wait_scheduled(objects: Objects, pod: Any) -> None:
+    """Rank 0 is bound to a node once the models claim is bound, a moment after the test made
+    it; until then the real scheduler reports it Unschedulable (and would overwrite a status
+    that a test wrote, which WorkersBlocked then reports)."""
+    wait_until(
+        lambda: (
+            objects.core.read_namespaced_pod(pod.metadata.name, objects.namespace).spec.node_name
+        ),
+        timeout=60,
+        what=f"{pod.metadata.name} scheduled",
+    )
+
+
 def run_all(objects: Objects, pods: list[Any]) -> None:
+    """As a kubelet would: only a pod bound to a node runs."""
     for pod in pods:
+        wait_scheduled(objects, pod)
         objects.set_pod(pod, "Running")
 
 
@@ -64,8 +91,7 @@ def succeed(objects: Objects, pods: list[Any], uri: str, accuracy: float = 0.97)
         artifact_uri=uri, sha256="ab" * 32, size_bytes=4242, metrics={"test_accuracy": accuracy}
     )
     for pod in pods:
-        rank = pod.metadata.annotations["batch.kubernetes.io/job-completion-index"]
-        message = result.to_termination_message() if rank == "0" else ""
+        message = result.to_termination_message() if rank_of(pod) == 0 else ""
         objects.set_pod(pod, "Succeeded", exit_code=0, message=message)
 
 
@@ -74,10 +100,13 @@ def test_children_and_environment_in_the_cluster(objects: Objects, workers: int)
     mt = objects.create(PLURAL, training(workers=workers))
     pods = attempt_pods(objects, "digits", 1, workers)
     ns = objects.namespace
-    job = objects.batch.read_namespaced_job("digits-a1", ns)
-    assert job.spec.completions == job.spec.parallelism == workers
-    assert job.spec.completion_mode == "Indexed"
-    assert job.metadata.owner_references[0].uid == mt["metadata"]["uid"]
+    jobs = objects.jobs("modelyard.dev/training=digits,modelyard.dev/attempt=1")
+    assert sorted(j.metadata.name for j in jobs) == ["digits-a1", "digits-a1-w"][: min(workers, 2)]
+    assert sum(j.spec.completions for j in jobs) == workers
+    for job in jobs:
+        assert job.spec.completions == job.spec.parallelism
+        assert job.spec.completion_mode == "Indexed"
+        assert job.metadata.owner_references[0].uid == mt["metadata"]["uid"]
     service = objects.core.read_namespaced_service("digits", ns)
     assert service.spec.cluster_ip == "None" and service.spec.publish_not_ready_addresses
     objects.core.read_namespaced_config_map("digits-config", ns)
@@ -87,15 +116,54 @@ def test_children_and_environment_in_the_cluster(objects: Objects, workers: int)
         "digits-progress"
     ]
     client.NetworkingV1Api(objects.api).read_namespaced_network_policy("digits", ns)
-    ranks = sorted(
-        int(p.metadata.annotations["batch.kubernetes.io/job-completion-index"]) for p in pods
-    )
-    assert ranks == list(range(workers))
+    assert sorted(rank_of(p) for p in pods) == list(range(workers))
     for pod in pods:  # admitted under Pod Security "restricted", with one rank each
         assert pod.spec.subdomain == "digits"
         env = {e.name: e for e in pod.spec.containers[0].env}
         assert env["PET_MASTER_ADDR"].value == "digits-a1-0.digits"
         assert env["PET_NNODES"].value == str(workers)
+        # Only rank 0 mounts the (ReadWriteOnce) output claim.
+        claims = [v.persistent_volume_claim for v in pod.spec.volumes if v.persistent_volume_claim]
+        expected = ["modelyard-models"] if rank_of(pod) == 0 else []
+        assert [c.claim_name for c in claims] == expected
+    rank0 = next(p for p in pods if rank_of(p) == 0)
+    assert rank0.spec.hostname == "digits-a1-0"  # the rendezvous address above resolves to it
+
+
+def test_required_spread_puts_each_worker_on_its_own_node(objects: Objects) -> None:
+    """The real scheduler places the gang: three workers on the three nodes of the cluster."""
+    spec = training(workers=3, scheduling={"spreadWorkers": "required"})
+    spec["spec"]["training"]["batchSize"] = 96
+    objects.create(PLURAL, spec)
+    pods = attempt_pods(objects, "digits", 1, 3)
+
+    def nodes() -> list[str] | None:
+        names = [p.spec.node_name for p in objects.pods("modelyard.dev/attempt=1")]
+        return names if len(names) == 3 and all(names) else None
+
+    placed = wait_until(nodes, timeout=30, what="3 scheduled workers")
+    assert len(set(placed)) == 3, placed
+    for pod in pods:
+        (constraint,) = pod.spec.topology_spread_constraints
+        assert constraint.when_unsatisfiable == "DoNotSchedule"
+        assert constraint.label_selector.match_labels == {
+            "modelyard.dev/training": "digits",
+            "modelyard.dev/attempt": "1",
+        }
+
+
+def test_a_gang_that_loses_one_of_its_jobs_restarts_whole(objects: Objects) -> None:
+    """Deleting the peers' Job ends the attempt: rank 0's Job goes too, and attempt 2 starts
+    once every pod of attempt 1 is gone."""
+    objects.create(PLURAL, training(workers=2))
+    run_all(objects, attempt_pods(objects, "digits", 1, 2))
+    objects.wait_for(PLURAL, "digits", phase_is("Running"))
+    objects.batch.delete_namespaced_job(
+        "digits-a1-w", objects.namespace, propagation_policy="Background"
+    )
+    second = attempt_pods(objects, "digits", 2, 2)
+    assert sorted(rank_of(p) for p in second) == [0, 1]
+    assert objects.jobs("modelyard.dev/attempt=1") == []
 
 
 def test_a_failed_worker_starts_a_new_attempt_with_a_new_rendezvous_id(objects: Objects) -> None:
@@ -144,10 +212,7 @@ def test_a_permanent_exit_code_fails_without_retry(objects: Objects) -> None:
 
 def test_an_eviction_does_not_use_up_a_retry(objects: Objects) -> None:
     objects.create(PLURAL, training(workers=2, runPolicy={"backoffLimit": 0}))
-    rank0, rank1 = sorted(
-        attempt_pods(objects, "digits", 1, 2),
-        key=lambda p: p.metadata.annotations["batch.kubernetes.io/job-completion-index"],
-    )
+    rank0, rank1 = by_rank(attempt_pods(objects, "digits", 1, 2))
     run_all(objects, [rank0, rank1])
     # The eviction API marks the pod; the Job's podFailurePolicy ignores it, and its peer then
     # loses the gang, which ends the attempt.
@@ -283,7 +348,8 @@ def test_a_killed_operator_restarts_without_duplicates_or_lost_status(
     after = objects.wait_for(PLURAL, "digits", lambda o: o["status"].get("attempt") == 2)
     assert after["status"]["failedAttempts"] == 1
     assert after["status"]["startTime"] == before["status"]["startTime"]
-    assert len(objects.jobs("modelyard.dev/training=digits")) == 1
+    jobs = objects.jobs("modelyard.dev/training=digits")
+    assert sorted(j.metadata.name for j in jobs) == ["digits-a2", "digits-a2-w"]
     assert (
         len(
             objects.core.list_namespaced_service(
@@ -309,6 +375,109 @@ def test_unschedulable_workers_surface_the_schedulers_message(objects: Objects) 
     )
     assert "node" in condition(mt, "Unschedulable")["message"]
     assert mt["status"]["phase"] == "Pending"
+
+
+def blocked_condition(obj: dict[str, Any]) -> dict[str, Any] | None:
+    conditions = (obj.get("status") or {}).get("conditions", [])
+    found = next((c for c in conditions if c["type"] == "WorkersBlocked"), None)
+    return found if found and found["status"] == "True" else None
+
+
+def test_an_unschedulable_worker_is_a_condition_within_60_seconds(objects: Objects) -> None:
+    """The real scheduler finds no node for the selector; the operator says so well before
+    runPolicy.scheduleTimeoutSeconds (300 s by default) raises Unschedulable."""
+    spec = training(workers=2, scheduling={"nodeSelector": {"modelyard.dev/no-such-node": "true"}})
+    objects.create(PLURAL, spec)
+    mt = objects.wait_for(PLURAL, "digits", blocked_condition, timeout=60)
+    found = blocked_condition(mt)
+    assert found is not None and found["reason"] == "Unschedulable"
+    assert found["message"].startswith("pod digits-a1-")
+    assert "node" in found["message"]  # the scheduler's own words: 0/3 nodes are available...
+    assert mt["status"]["phase"] == "Pending"
+
+
+def wait_in_container(objects: Objects, pod: Any, reason: str, message: str) -> None:
+    """What a kubelet reports of a container it cannot start (this cluster's nodes have no
+    kubelet: the test writes the status the way one would; e2e tests see a real one)."""
+    stamp = now()
+    status = {
+        "phase": "Pending",
+        "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": stamp}],
+        "containerStatuses": [
+            {
+                "name": pod.spec.containers[0].name,
+                "ready": False,
+                "restartCount": 0,
+                "image": pod.spec.containers[0].image,
+                "imageID": "",
+                "state": {"waiting": {"reason": reason, "message": message}},
+            }
+        ],
+    }
+    objects.core.patch_namespaced_pod_status(
+        pod.metadata.name, objects.namespace, {"status": status}
+    )
+
+
+def test_an_image_that_cannot_be_pulled_is_a_condition_and_clears_once_running(
+    objects: Objects,
+) -> None:
+    objects.create(PLURAL, training(workers=2))
+    rank0, rank1 = by_rank(attempt_pods(objects, "digits", 1, 2))
+    wait_scheduled(objects, rank0)
+    objects.set_pod(rank0, "Running")
+    started = time.monotonic()
+    wait_in_container(objects, rank1, "ImagePullBackOff", 'Back-off pulling image "trainer:typo"')
+    mt = objects.wait_for(PLURAL, "digits", blocked_condition, timeout=60)
+    assert time.monotonic() - started < 60
+    found = blocked_condition(mt)
+    assert found is not None and found["reason"] == "ImagePullBackOff"
+    assert found["message"].startswith(f"pod {rank1.metadata.name} (rank 1) cannot start")
+    assert "trainer:typo" in found["message"]
+    objects.set_pod(rank1, "Running")
+    cleared = objects.wait_for(PLURAL, "digits", phase_is("Running"), timeout=60)
+    assert condition(cleared, "WorkersBlocked")["status"] == "False"
+
+
+def test_a_volume_that_cannot_be_attached_is_a_condition_from_the_pods_events(
+    objects: Objects,
+) -> None:
+    """A pod stuck in ContainerCreating says nothing in its status: the attach/detach
+    controller's Event (posted here as it would post it) names the Multi-Attach."""
+    objects.create(PLURAL, training(workers=2))
+    rank0, rank1 = by_rank(attempt_pods(objects, "digits", 1, 2))
+    wait_scheduled(objects, rank0)
+    objects.set_pod(rank1, "Running")
+    objects.set_pod(rank0, "Pending")  # scheduled, ContainerCreating
+    text = (
+        'Multi-Attach error for volume "pvc-0a1b" Volume is already used by pod(s) other-0 '
+        "and is attached to another node"
+    )
+    objects.core.create_namespaced_event(
+        objects.namespace,
+        {
+            "metadata": {"generateName": "digits-a1-0."},
+            "involvedObject": {
+                "kind": "Pod",
+                "apiVersion": "v1",
+                "namespace": objects.namespace,
+                "name": rank0.metadata.name,
+                "uid": rank0.metadata.uid,
+            },
+            "reason": "FailedAttachVolume",
+            "message": text,
+            "type": "Warning",
+            "source": {"component": "attachdetach-controller"},
+            "firstTimestamp": now(),
+            "lastTimestamp": now(),
+            "count": 1,
+        },
+    )
+    mt = objects.wait_for(PLURAL, "digits", blocked_condition, timeout=60)
+    found = blocked_condition(mt)
+    assert found is not None and found["reason"] == "FailedAttachVolume"
+    assert found["message"].startswith(f"pod {rank0.metadata.name} (rank 0) cannot start")
+    assert "Multi-Attach" in found["message"]
 
 
 def test_the_active_deadline_fails_a_run_and_stops_its_pods(objects: Objects) -> None:

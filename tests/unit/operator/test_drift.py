@@ -11,7 +11,7 @@ import pytest
 
 from modelyard_operator.api import ModelTraining
 from modelyard_operator.builders.common import with_spec_hash
-from modelyard_operator.builders.training import job, progress_role, static_children
+from modelyard_operator.builders.training import jobs, progress_role, static_children
 from modelyard_operator.kube import drifted
 from modelyard_operator.settings import Settings
 from tests.conftest import load_sample, with_changes
@@ -42,7 +42,7 @@ def test_every_child_as_the_server_returns_it_is_no_drift() -> None:
 
 
 def test_server_defaults_omitted_empties_and_normalised_quantities_are_no_drift() -> None:
-    desired = job(training(), 1, Settings())["spec"]["template"]
+    desired = jobs(training(), 1, Settings())[0]["spec"]["template"]
     live = copy.deepcopy(desired)
     pod = live["spec"]
     pod["dnsPolicy"] = "ClusterFirst"  # a default
@@ -74,7 +74,7 @@ def test_an_edit_of_a_field_we_set_is_drift(edit: Any) -> None:
 
 
 def test_changed_values_in_keyed_lists_and_quantities_are_drift() -> None:
-    desired = job(training(), 1, Settings())["spec"]["template"]
+    desired = jobs(training(), 1, Settings())[0]["spec"]["template"]
     for edit in (
         lambda c: c.update(image="evil:1"),
         lambda c: c["env"][0].update(value="9"),

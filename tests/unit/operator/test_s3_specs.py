@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from modelyard_operator.api import ModelDeployment, ModelTraining
 from modelyard_operator.api.deployment import ServedModel
 from modelyard_operator.builders.deployment import server_deployment
-from modelyard_operator.builders.training import S3_SCRATCH_OUTPUT, job
+from modelyard_operator.builders.training import S3_SCRATCH_OUTPUT, jobs
 from modelyard_operator.settings import Settings
 from modelyard_operator.validation import format_validation_error
 from tests.conftest import load_sample, with_changes
@@ -90,7 +90,7 @@ def test_bad_s3_specs_name_the_field(sample: str, changes: dict[str, Any], fragm
 
 
 def test_training_job_on_s3_matches_golden_file() -> None:
-    _golden("training-s3.yaml", job(_training(), 2, SETTINGS))
+    _golden("training-s3.yaml", jobs(_training(), 2, SETTINGS)[0])
 
 
 def test_deployment_from_s3_matches_golden_file() -> None:
@@ -102,7 +102,7 @@ def _env(container: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_workers_get_the_endpoint_as_values_and_the_keys_only_from_the_secret() -> None:
-    manifest = job(_training(), 1, SETTINGS)
+    manifest = jobs(_training(), 1, SETTINGS)[0]
     pod = manifest["spec"]["template"]["spec"]
     container = pod["containers"][0]
     env = _env(container)
@@ -129,7 +129,7 @@ def test_custom_secret_keys_and_session_token() -> None:
             "spec.s3.sessionTokenKey": "token",
         }
     )
-    env = _env(job(mt, 1, SETTINGS)["spec"]["template"]["spec"]["containers"][0])
+    env = _env(jobs(mt, 1, SETTINGS)[0]["spec"]["template"]["spec"]["containers"][0])
     assert env["AWS_ACCESS_KEY_ID"]["secretKeyRef"]["key"] == "id"
     assert env["AWS_SECRET_ACCESS_KEY"]["secretKeyRef"]["key"] == "secret"
     assert env["AWS_SESSION_TOKEN"]["secretKeyRef"] == {"name": "modelyard-s3", "key": "token"}
@@ -137,7 +137,7 @@ def test_custom_secret_keys_and_session_token() -> None:
 
 def test_data_on_s3_and_output_on_a_claim_mount_only_the_claim() -> None:
     mt = _training(**{"spec.output.uri": "pvc://models/out"})
-    pod = job(mt, 1, SETTINGS)["spec"]["template"]["spec"]
+    pod = jobs(mt, 1, SETTINGS)[0]["spec"]["template"]["spec"]
     claims = [
         v["persistentVolumeClaim"]["claimName"]
         for v in pod["volumes"]
