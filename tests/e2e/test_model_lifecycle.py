@@ -273,6 +273,39 @@ def test_ddp_on_two_nodes_survives_a_killed_worker_and_resumes_from_its_checkpoi
     assert "2 process(es)" in rank0_log, rank0_log[-2000:]
 
 
+def test_a_worker_that_cannot_start_is_a_condition_within_a_minute(life: Lifecycle) -> None:
+    # An image no node has and no registry serves: the kubelet reports ErrImagePull, then
+    # ImagePullBackOff, and retries for ever; the training must say so, not sit Pending.
+    training = _training()
+    training["metadata"]["name"] = "blocked"
+    training["spec"]["pod"] = {"image": "modelyard.local/no-such-image:0"}
+    created = time.monotonic()
+    life.custom.create_namespaced_custom_object(
+        GROUP, VERSION, life.namespace, "modeltrainings", training
+    )
+
+    def blocked() -> dict[str, Any] | None:
+        mt = life.custom.get_namespaced_custom_object(
+            GROUP, VERSION, life.namespace, "modeltrainings", "blocked"
+        )
+        conditions = {c["type"]: c for c in mt.get("status", {}).get("conditions", [])}
+        condition: dict[str, Any] | None = conditions.get("WorkersBlocked")
+        return condition if condition and condition["status"] == "True" else None
+
+    try:
+        condition = wait_until(blocked, timeout=60, interval=0.5, what="WorkersBlocked=True")
+        report(
+            f"blocked worker: condition after {time.monotonic() - created:.1f} s: "
+            f"{condition['reason']}: {condition['message']}"
+        )
+        assert condition["reason"] in {"ErrImagePull", "ImagePullBackOff"}, condition
+        assert "blocked-a1" in condition["message"], condition
+    finally:
+        life.custom.delete_namespaced_custom_object(
+            GROUP, VERSION, life.namespace, "modeltrainings", "blocked"
+        )
+
+
 def _deployment() -> dict[str, Any]:
     deployment: dict[str, Any] = yaml.safe_load(
         (ROOT / "deploy/samples/digits-deployment.yaml").read_text()

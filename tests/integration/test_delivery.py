@@ -444,6 +444,7 @@ NEEDED = [
     ("create", "servicemonitors.monitoring.coreos.com"),
     ("get", "persistentvolumeclaims"),
     ("create", "events"),
+    ("list", "events"),
 ]
 # What it must never do.
 FORBIDDEN = [

@@ -176,6 +176,12 @@ def test_unschedulable_workers_degrade_a_training(training_health: HealthCheck) 
     )
 
 
+def test_a_worker_that_cannot_start_degrades_a_training(training_health: HealthCheck) -> None:
+    message = "rank 1 (pod digits-a1-w-0-x7k2p): ImagePullBackOff: Back-off pulling image"
+    status = training_status("Pending", ("WorkersBlocked", True, "ImagePullBackOff", message))
+    assert training_health(as_object("ModelTraining", status)) == ("Degraded", message)
+
+
 def test_a_restarting_training_says_so(training_health: HealthCheck) -> None:
     status = training_status(
         "Pending", ("Restarting", True, "AttemptFailed", "attempt 1 failed on rank 1: OOMKilled")

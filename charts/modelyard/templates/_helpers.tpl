@@ -103,8 +103,9 @@ lets nobody grant what it does not hold itself.
   resources: [persistentvolumeclaims]
   verbs: [get]
 - apiGroups: [""]
+  # list: the Events of a training's pod stuck in ContainerCreating (WorkersBlocked)
   resources: [events]
-  verbs: [create]
+  verbs: [create, list]
 {{- end }}
 
 {{/*

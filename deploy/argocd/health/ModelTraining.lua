@@ -76,6 +76,12 @@ if is_true(status, "Unschedulable") then
   return hs
 end
 
+if is_true(status, "WorkersBlocked") then
+  hs.status = "Degraded"
+  hs.message = message_of(status, "WorkersBlocked", "A worker cannot start")
+  return hs
+end
+
 hs.status = "Progressing"
 local phase = status.phase or "Pending"
 local text = phase
