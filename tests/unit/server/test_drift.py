@@ -1,0 +1,244 @@
+"""Drift against the training reference: PSI per input column and of the predictions.
+
+The server runs as a real process with a model and a metadata.json beside it; the reference
+in it is built by the trainer's own functions from a seeded "training split".
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from modelyard_server.drift import PSI_EPSILON, DriftMonitor, psi
+from modelyard_server.signature import ModelSignature, TensorSpec
+from modelyard_trainer.contracts import DriftReference, FeatureReference, OutputReference
+from modelyard_trainer.reference import numeric_histogram, string_histogram
+
+from .conftest import ServerProcess, http_get
+from .onnx_models import mlp, save
+
+FEATURES = 10
+WINDOW = 2000
+ROWS_PER_REQUEST = 200
+# Over 0.25 is the usual "major shift" and the default alarm threshold; 0.1 "moderate".
+ALARM = 0.25
+
+
+def _reference(model: Path, train: np.ndarray) -> DriftReference:
+    features = [
+        FeatureReference(
+            name=f"x{index}", tensor="input", column=index, **numeric_histogram(column).model_dump()
+        )
+        for index, column in enumerate(train.T)
+    ]
+    (output,) = ort.InferenceSession(str(model)).run(None, {"input": train})
+    predicted = numeric_histogram(output[:, 0])
+    return DriftReference(
+        rows=len(train),
+        features_total=FEATURES,
+        features=features,
+        prediction=OutputReference(output="output", **predicted.model_dump()),
+    )
+
+
+@pytest.fixture(scope="module")
+def drift_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("drift")
+    model = save(mlp([FEATURES, 20, 10], seed=1), directory / "model.onnx")
+    train = np.random.default_rng(7).normal(size=(20_000, FEATURES)).astype(np.float32)
+    reference = _reference(model, train)
+    (directory / "metadata.json").write_text(
+        json.dumps({"formatVersion": 2, "reference": reference.model_dump(by_alias=True)})
+    )
+    return model
+
+
+def _send(server: ServerProcess, rows: np.ndarray) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        for start in range(0, len(rows), ROWS_PER_REQUEST):
+            chunk = rows[start : start + ROWS_PER_REQUEST]
+            body = json.dumps(
+                {
+                    "inputs": [
+                        {
+                            "name": "input",
+                            "shape": list(chunk.shape),
+                            "datatype": "FP32",
+                            "data": chunk.ravel().tolist(),
+                        }
+                    ]
+                }
+            )
+            conn.request("POST", "/v2/models/model/infer", body=body)
+            response = conn.getresponse()
+            assert response.status == 200, response.read()
+            response.read()
+    finally:
+        conn.close()
+
+
+def _scores(server: ServerProcess) -> tuple[float, dict[str, float], float | None]:
+    _, body = http_get(server.url + "/metrics")
+    rows, features, prediction = 0.0, {}, None
+    for line in body.decode().splitlines():
+        if line.startswith("modelyard_server_drift_window_rows{"):
+            rows = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("modelyard_server_drift_feature_psi{"):
+            name = line.split('feature="', 1)[1].split('"', 1)[0]
+            features[name] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("modelyard_server_drift_prediction_psi{"):
+            prediction = float(line.rsplit(" ", 1)[1])
+    return rows, features, prediction
+
+
+@pytest.fixture
+def drift_server(start_server: Callable[..., ServerProcess], drift_model: Path) -> ServerProcess:
+    return start_server(
+        drift_model,
+        max_batch_size=ROWS_PER_REQUEST,
+        drift_window_rows=WINDOW,
+        drift_min_rows=1000,
+    )
+
+
+def test_unshifted_inputs_score_low_and_a_shifted_feature_only_its_own(
+    drift_server: ServerProcess,
+) -> None:
+    rng = np.random.default_rng(100)
+    _send(drift_server, rng.normal(size=(600, FEATURES)).astype(np.float32))
+    rows, features, prediction = _scores(drift_server)
+    # Below driftMinRows: the window counts, the scores are not exported yet.
+    assert rows == 600 and features == {} and prediction is None
+
+    _send(drift_server, rng.normal(size=(WINDOW, FEATURES)).astype(np.float32))
+    rows, features, prediction = _scores(drift_server)
+    assert rows == WINDOW
+    assert set(features) == {f"x{index}" for index in range(FEATURES)}
+    assert max(features.values()) < 0.1, features
+    assert prediction is not None and prediction < 0.1
+
+    shifted = rng.normal(size=(WINDOW, FEATURES)).astype(np.float32)
+    shifted[:, 3] += 1.0  # one standard deviation
+    _send(drift_server, shifted)
+    rows, features, prediction = _scores(drift_server)
+    assert rows == WINDOW
+    print(
+        f"\nx3 shifted by one standard deviation: PSI {features['x3']:.3f}, others at most "
+        f"{max(v for n, v in features.items() if n != 'x3'):.4f}, predictions {prediction}"
+    )
+    assert features["x3"] > ALARM, features
+    assert max(value for name, value in features.items() if name != "x3") < 0.1, features
+
+    # Back to normal: the window forgets the shifted rows.
+    _send(drift_server, rng.normal(size=(WINDOW, FEATURES)).astype(np.float32))
+    rows, features, _ = _scores(drift_server)
+    assert features["x3"] < 0.1, features
+
+
+def test_false_alarm_rate_over_fifty_windows(drift_server: ServerProcess) -> None:
+    """Fifty windows of 2,000 unshifted rows each: how often does any feature pass 0.1 / 0.25?"""
+    rng = np.random.default_rng(2026)
+    windows = 50
+    worst = []
+    for _ in range(windows):
+        _send(drift_server, rng.normal(size=(WINDOW, FEATURES)).astype(np.float32))
+        rows, features, prediction = _scores(drift_server)
+        assert rows == WINDOW
+        assert prediction is not None
+        worst.append(max([*features.values(), prediction]))
+    moderate = sum(value > 0.1 for value in worst) / windows
+    alarms = sum(value > ALARM for value in worst) / windows
+    print(
+        f"\nfalse alarms over {windows} windows of {WINDOW} rows, {FEATURES} features and the "
+        f"predictions: PSI > {ALARM}: {alarms:.0%}, PSI > 0.1: {moderate:.0%}; worst PSI per "
+        f"window: median {np.median(worst):.4f}, max {max(worst):.4f}"
+    )
+    assert alarms == 0
+
+
+def test_no_reference_or_window_zero_means_no_drift_series(
+    start_server: Callable[..., ServerProcess], drift_model: Path, models: dict[str, Path]
+) -> None:
+    without_metadata = start_server(models["mlp"])
+    off = start_server(drift_model, drift_window_rows=0)
+    for server in (without_metadata, off):
+        _, body = http_get(server.url + "/metrics")
+        assert b"modelyard_server_drift_" not in body
+    assert "drift monitoring" not in off.log()
+
+
+def test_a_reference_that_does_not_fit_the_model_turns_drift_off_and_serves(
+    start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    model = save(mlp([FEATURES, 20, 10], seed=1), tmp_path / "model.onnx")
+    reference = DriftReference(
+        features=[FeatureReference(name="far", column=FEATURES + 5, proportions=[1.0])]
+    )
+    (tmp_path / "metadata.json").write_text(
+        json.dumps({"reference": reference.model_dump(by_alias=True)})
+    )
+    server = start_server(model)
+    _send(server, np.zeros((10, FEATURES), dtype=np.float32))
+    assert b"modelyard_server_drift_" not in http_get(server.url + "/metrics")[1]
+    assert "drift monitoring off: the reference does not fit the model" in server.log()
+    assert "'far'" in server.log()
+
+
+def test_psi_of_equal_shares_is_zero_and_empty_bins_are_floored() -> None:
+    shares = np.array([0.25, 0.25, 0.5])
+    assert psi(shares, shares) == 0.0
+    # A live bin that training never saw: (a - eps) * ln(a / eps), finite.
+    value = psi(np.array([0.5, 0.5, 0.0]), np.array([0.4, 0.4, 0.2]))
+    expected = 2 * (-0.1 * np.log(0.4 / 0.5)) + (0.2 - PSI_EPSILON) * np.log(0.2 / PSI_EPSILON)
+    assert value == pytest.approx(expected)
+
+
+def test_categories_missing_values_and_the_rolling_window_in_process() -> None:
+    """The monitor alone, on string and numeric columns with missing values."""
+    rng = np.random.default_rng(3)
+    colors = rng.choice(["red", "green", "blue", ""], size=5000, p=[0.5, 0.3, 0.1, 0.1])
+    sizes = rng.normal(size=5000)
+    sizes[rng.random(5000) < 0.2] = np.nan
+    reference = DriftReference(
+        features=[
+            FeatureReference(
+                name="size", tensor="input", column=0, **numeric_histogram(sizes).model_dump()
+            ),
+            FeatureReference(
+                name="color",
+                tensor="categorical",
+                column=0,
+                **string_histogram(colors).model_dump(),
+            ),
+        ]
+    )
+    signature = ModelSignature(
+        inputs=(TensorSpec("input", "FP32", (-1, 1)), TensorSpec("categorical", "BYTES", (-1, 1))),
+        outputs=(TensorSpec("prediction", "FP32", (-1,)),),
+    )
+    monitor = DriftMonitor(reference, signature, "m", window_rows=1000, min_rows=500)
+
+    def feed(size: np.ndarray, color: np.ndarray) -> None:
+        inputs = {
+            "input": size.astype(np.float32).reshape(-1, 1),
+            "categorical": color.astype(object).reshape(-1, 1),
+        }
+        monitor.observe(inputs, [np.zeros(len(size), dtype=np.float32)])
+
+    for start in range(0, 1000, 50):
+        feed(sizes[start : start + 50], colors[start : start + 50])
+    rows, scores, prediction = monitor.scores()
+    assert rows == 1000 and prediction is None
+    assert scores["size"] < 0.1 and scores["color"] < 0.1, scores
+    # Every size missing, every color unseen: both far off; the window keeps 1000 rows.
+    feed(np.full(1000, np.nan), np.full(1000, "purple"))
+    rows, scores, _ = monitor.scores()
+    assert rows == 1000
+    assert scores["size"] > 1.0 and scores["color"] > 1.0, scores
