@@ -61,7 +61,7 @@ def drift_monitor(settings: ServerSettings, model: LoadedModel) -> DriftMonitor 
     """The monitor of this model, or None when drift monitoring is off or has no reference."""
     if settings.drift_window_rows == 0:
         return None
-    reference = read_reference(Path(settings.model_path))
+    reference = read_reference(Path(settings.model_path), model.sha256)
     if reference is None:
         return None
     try:
@@ -128,11 +128,13 @@ def _expected(histogram: Histogram) -> np.ndarray:
     return np.asarray([p * present for p in histogram.proportions] + [histogram.missing_rate])
 
 
-def read_reference(model_path: Path) -> DriftReference | None:
+def read_reference(model_path: Path, sha256: str) -> DriftReference | None:
     """The `reference` of metadata.json beside the model; None when there is none.
 
-    A metadata file that cannot be used turns drift monitoring off with a warning (that names
-    the file and the field, never its content): it never stops the model from serving.
+    It counts only when the metadata's `files` name the served file's sha256: a metadata.json
+    that describes another model (a stale one in a user's directory) is ignored. A metadata
+    file that cannot be used turns drift monitoring off with a warning (that names the file
+    and the field, never its content): it never stops the model from serving.
     """
     path = model_path.parent / METADATA_FILE
     try:
@@ -145,7 +147,19 @@ def read_reference(model_path: Path) -> DriftReference | None:
     except (OSError, ValueError, RecursionError) as exc:
         log.warning("drift monitoring off: cannot read %s (%s)", path, type(exc).__name__)
         return None
-    raw = document.get("reference") if isinstance(document, dict) else None
+    if not isinstance(document, dict):
+        log.warning("drift monitoring off: %s is not a JSON object", path)
+        return None
+    files = document.get("files")
+    digests = (
+        {d.get("sha256") for d in files.values() if isinstance(d, dict)}
+        if isinstance(files, dict)
+        else set()
+    )
+    if sha256 not in digests:
+        log.warning("drift monitoring off: %s does not list the served file's sha256", path)
+        return None
+    raw = document.get("reference")
     if raw is None:
         log.info("drift monitoring off: %s has no reference statistics", path)
         return None

@@ -35,6 +35,7 @@ from modelyard_operator.settings import Settings
 from modelyard_server import contracts
 from modelyard_server.config import env_name
 from modelyard_storage.uri import PvcUri, parse_uri
+from modelyard_trainer.contracts import METADATA_FILE
 
 KIND = "ModelDeployment"
 SERVER_CONTAINER = "server"
@@ -123,6 +124,9 @@ def _fetch_container(md: ModelDeployment, model: ServedModel, image: str, pull: 
         source,
         "--dest",
         f"{MODEL_DIR}/{MODEL_FILE}",
+        # The run's reference statistics, for drift monitoring (optional beside the model).
+        "--metadata-dest",
+        f"{MODEL_DIR}/{METADATA_FILE}",
         "--termination-log",
         "/dev/termination-log",
     ]

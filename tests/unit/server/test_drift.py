@@ -6,8 +6,11 @@ in it is built by the trainer's own functions from a seeded "training split".
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,10 +56,18 @@ def drift_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = save(mlp([FEATURES, 20, 10], seed=1), directory / "model.onnx")
     train = np.random.default_rng(7).normal(size=(20_000, FEATURES)).astype(np.float32)
     reference = _reference(model, train)
-    (directory / "metadata.json").write_text(
-        json.dumps({"formatVersion": 2, "reference": reference.model_dump(by_alias=True)})
-    )
+    _write_metadata(model, reference)
     return model
+
+
+def _write_metadata(model: Path, reference: DriftReference, sha256: str | None = None) -> None:
+    digest = sha256 or hashlib.sha256(model.read_bytes()).hexdigest()
+    document = {
+        "formatVersion": 2,
+        "files": {model.name: {"sha256": digest, "sizeBytes": model.stat().st_size}},
+        "reference": reference.model_dump(by_alias=True),
+    }
+    (model.parent / "metadata.json").write_text(json.dumps(document))
 
 
 def _send(server: ServerProcess, rows: np.ndarray) -> None:
@@ -181,14 +192,26 @@ def test_a_reference_that_does_not_fit_the_model_turns_drift_off_and_serves(
     reference = DriftReference(
         features=[FeatureReference(name="far", column=FEATURES + 5, proportions=[1.0])]
     )
-    (tmp_path / "metadata.json").write_text(
-        json.dumps({"reference": reference.model_dump(by_alias=True)})
-    )
+    _write_metadata(model, reference)
     server = start_server(model)
     _send(server, np.zeros((10, FEATURES), dtype=np.float32))
     assert b"modelyard_server_drift_" not in http_get(server.url + "/metrics")[1]
     assert "drift monitoring off: the reference does not fit the model" in server.log()
     assert "'far'" in server.log()
+
+
+def test_metadata_of_another_model_is_ignored(
+    start_server: Callable[..., ServerProcess], drift_model: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "model.onnx"
+    model.write_bytes(drift_model.read_bytes())
+    reference = DriftReference.model_validate(
+        json.loads((drift_model.parent / "metadata.json").read_text())["reference"]
+    )
+    _write_metadata(model, reference, sha256="0" * 64)
+    server = start_server(model)
+    assert b"modelyard_server_drift_" not in http_get(server.url + "/metrics")[1]
+    assert "does not list the served file's sha256" in server.log()
 
 
 def test_psi_of_equal_shares_is_zero_and_empty_bins_are_floored() -> None:
@@ -242,3 +265,35 @@ def test_categories_missing_values_and_the_rolling_window_in_process() -> None:
     rows, scores, _ = monitor.scores()
     assert rows == 1000
     assert scores["size"] > 1.0 and scores["color"] > 1.0, scores
+
+
+def _fetch(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "modelyard_server.fetch", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_fetch_copies_the_metadata_beside_the_model_when_there_is_one(
+    drift_model: Path, models: dict[str, Path], tmp_path: Path
+) -> None:
+    dest = tmp_path / "with" / "model.onnx"
+    result = _fetch(
+        "--source", str(drift_model), "--dest", str(dest),
+        "--metadata-dest", str(dest.parent / "metadata.json"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (dest.parent / "metadata.json").read_bytes() == (
+        drift_model.parent / "metadata.json"
+    ).read_bytes()
+    # Without one the model is fetched all the same.
+    dest = tmp_path / "without" / "model.onnx"
+    result = _fetch(
+        "--source", str(models["mlp"]), "--dest", str(dest),
+        "--metadata-dest", str(dest.parent / "metadata.json"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "no metadata.json beside the model: drift monitoring off" in result.stdout
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["model.onnx"]
