@@ -6,6 +6,10 @@ to another core, at concurrency 1, 16 and 64, with one-row requests:
   modelyard-bin    this server, binary tensor extension (what the Triton client sends)
   modelyard-grpc   this server over gRPC (raw_input_contents), driven by grpc_load.py, a
                    Python client on the wrk core: at high concurrency it may be the limit
+  modelyard-drift  this server, JSON requests, with drift monitoring on: a metadata.json
+                   beside the model holds a training reference (as the trainer writes it)
+                   for every input column (at most 256) and the first output column; the
+                   other modelyard contenders run with drift monitoring off
   kserve           KServe's Python model server, custom Model calling onnxruntime
   naive            a FastAPI endpoint that calls session.run per request
   onnxruntime      the limit: ONNX Runtime in-process on batches of 1, 16, 64 rows, no HTTP
@@ -43,7 +47,17 @@ sys.path.insert(0, str(HERE))
 from onnx_mlp import mlp, save  # noqa: E402
 
 MODELS = {"mlp-10-20-10": [10, 20, 10], "mlp-784-1024-1024-10": [784, 1024, 1024, 10]}
-CONTENDERS = ["modelyard", "modelyard-bin", "modelyard-grpc", "kserve", "naive", "onnxruntime"]
+CONTENDERS = [
+    "modelyard",
+    "modelyard-drift",
+    "modelyard-bin",
+    "modelyard-grpc",
+    "kserve",
+    "naive",
+    "onnxruntime",
+]
+# Rows of the synthetic "training split" that the drift reference is computed from.
+REFERENCE_ROWS = 20_000
 
 
 @dataclass
@@ -168,6 +182,7 @@ def server_command(
             MODELYARD_SERVER_INTER_OP_THREADS="1",
             MODELYARD_SERVER_MAX_BATCH_SIZE=str(max_batch),
             MODELYARD_SERVER_GRPC_PORT=str(grpc_port),
+            MODELYARD_SERVER_DRIFT_WINDOW_ROWS="10000" if contender == "modelyard-drift" else "0",
         )
         cmd = [sys.executable, "-m", "modelyard_server", "--model", str(model),
                "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
@@ -184,6 +199,41 @@ def server_command(
     return cmd, env
 
 
+def with_reference(model: Path, width: int, directory: Path) -> Path:
+    """A copy of `model` in `directory` with a metadata.json holding its drift reference."""
+    import hashlib
+
+    import onnxruntime as ort
+
+    from modelyard_trainer.contracts import (
+        MAX_REFERENCE_FEATURES,
+        DriftReference,
+        FeatureReference,
+        OutputReference,
+    )
+    from modelyard_trainer.reference import numeric_histogram
+
+    directory.mkdir(parents=True, exist_ok=True)
+    copy = directory / "model.onnx"
+    copy.write_bytes(model.read_bytes())
+    # The requests' rows are standard normal too: the window scores no drift, as in production.
+    train = np.random.default_rng(1).standard_normal((REFERENCE_ROWS, width)).astype(np.float32)
+    (output,) = ort.InferenceSession(str(copy)).run(None, {"input": train})
+    reference = DriftReference(
+        rows=REFERENCE_ROWS,
+        features_total=width,
+        features=[
+            FeatureReference(name=f"x{i}", column=i, **numeric_histogram(train[:, i]).model_dump())
+            for i in range(min(width, MAX_REFERENCE_FEATURES))
+        ],
+        prediction=OutputReference(output="output", **numeric_histogram(output[:, 0]).model_dump()),
+    )
+    digest = hashlib.sha256(copy.read_bytes()).hexdigest()
+    metadata = {"files": {copy.name: {"sha256": digest}}, "reference": reference.model_dump()}
+    (directory / "metadata.json").write_text(json.dumps(metadata))
+    return copy
+
+
 def bench_server(
     contender: str, name: str, model: Path, width: int, args: argparse.Namespace, workdir: Path
 ) -> list[Point]:
@@ -196,6 +246,9 @@ def bench_server(
     points = []
     try:
         wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", proc)
+        if contender == "modelyard-drift":
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+                assert b"modelyard_server_drift_window_rows" in page.read(), "drift is off"
         body, headers = request_body(width, binary=contender == "modelyard-bin")
         url = f"http://127.0.0.1:{port}/v2/models/model/infer"
         check = urllib.request.Request(url, data=body, headers=headers, method="POST")
@@ -297,6 +350,19 @@ def report(points: list[Point], args: argparse.Namespace) -> None:
                 a, b = by.get((contender, c)), by.get(("onnxruntime", c))
                 cells += f"{a.rows_per_s / b.rows_per_s:>27.1%} " if a and b else f"{'-':>28}"
             print(f"{'ORT share ' + contender.removeprefix('modelyard'):15}{cells}")
+        # The cost of drift monitoring: the same server and requests with it on and off.
+        cells, cpu_cells = "", ""
+        for c in args.concurrency:
+            a, b = by.get(("modelyard-drift", c)), by.get(("modelyard", c))
+            if a and b:
+                cells += f"{a.rows_per_s / b.rows_per_s:>27.2f}x"
+                extra = 1000 * (a.cpu_ms_per_request - b.cpu_ms_per_request)
+                cpu_cells += f"{extra:>18.1f} us/request"
+            else:
+                cells += f"{'-':>28}"
+                cpu_cells += f"{'-':>29}"
+        print(f"{'drift on/off':15}{cells}")
+        print(f"{'drift CPU cost':15}{cpu_cells}")
 
 
 def main() -> None:
@@ -315,6 +381,7 @@ def main() -> None:
     # Only the other contenders need that venv: modelyard alone runs from the project's.
     if not KSERVE_PY.exists() and set(args.contenders) - {
         "modelyard",
+        "modelyard-drift",
         "modelyard-bin",
         "modelyard-grpc",
     }:
@@ -329,6 +396,9 @@ def main() -> None:
         for contender in args.contenders:
             if contender == "onnxruntime":
                 points += bench_inprocess(name, model, args)
+            elif contender == "modelyard-drift":
+                served = with_reference(model, sizes[0], workdir / f"drift-{name}")
+                points += bench_server(contender, name, served, sizes[0], args, workdir)
             else:
                 points += bench_server(contender, name, model, sizes[0], args, workdir)
     report(points, args)

@@ -219,11 +219,12 @@ class Lifecycle:
         if monitor is not None:
             self.metrics.registry.register(monitor)
         batcher = Batcher(
-            model.run if monitor is None else monitor.observing(model.run),
+            model.run,
             max_batch_size=s.max_batch_size if model.batchable else 1,
             max_batch_delay_s=s.max_batch_delay_ms / 1000,
             max_queue_size=s.max_queue_size,
             metrics=self.metrics,
+            observe=monitor.observe if monitor is not None else None,
         )
         batcher.start()
         self.state.model, self.state.batcher = model, batcher
