@@ -173,9 +173,20 @@ def _server_env(md: ModelDeployment, model: ServedModel) -> list[dict[str, Any]]
         env_name("model_version"): model_version(model),
         env_name("port"): str(HTTP_PORT),
         env_name("grpc_port"): str(GRPC_PORT),
+        **_drift_env(md),
     }
     env = [{"name": key, "value": value} for key, value in sorted(settings_env.items())]
     return env + user_env(md.spec.pod)
+
+
+def _drift_env(md: ModelDeployment) -> dict[str, str]:
+    drift = md.spec.monitoring.drift
+    if not drift.enabled:
+        return {env_name("drift_window_rows"): "0"}
+    return {
+        env_name("drift_window_rows"): str(drift.window_rows),
+        env_name("drift_min_rows"): str(drift.min_rows),
+    }
 
 
 def termination_grace_seconds(md: ModelDeployment, settings: Settings) -> int:

@@ -8,22 +8,28 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import http.server
 import json
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
+from modelyard_operator.api.deployment import DriftMonitoring
+from modelyard_operator.podmetrics import MAX_BYTES, drift_of, scrape_drift
+from modelyard_operator.status.drift import drifting
 from modelyard_server.drift import PSI_EPSILON, DriftMonitor, psi
 from modelyard_server.signature import ModelSignature, TensorSpec
 from modelyard_trainer.contracts import DriftReference, FeatureReference, OutputReference
 from modelyard_trainer.reference import numeric_histogram, string_histogram
 
-from .conftest import ServerProcess, http_get
+from .conftest import ServerProcess, free_port, http_get
 from .onnx_models import mlp, save
 
 FEATURES = 10
@@ -151,6 +157,51 @@ def test_unshifted_inputs_score_low_and_a_shifted_feature_only_its_own(
     _send(drift_server, rng.normal(size=(WINDOW, FEATURES)).astype(np.float32))
     rows, features, _ = _scores(drift_server)
     assert features["x3"] < 0.1, features
+
+
+def test_the_operator_reads_the_scores_from_the_pod_and_names_the_feature(
+    drift_server: ServerProcess,
+) -> None:
+    """The operator's scrape, against the real server on loopback, into the condition."""
+    rng = np.random.default_rng(5)
+    shifted = rng.normal(size=(WINDOW, FEATURES)).astype(np.float32)
+    shifted[:, 7] *= 3.0  # a wider spread, same mean
+    _send(drift_server, shifted)
+    scores = scrape_drift("m-1", "127.0.0.1", drift_server.port)
+    assert scores.error == "" and scores.window_rows == WINDOW
+    assert set(scores.features) == {f"x{index}" for index in range(FEATURES)}
+    condition, event = drifting(DriftMonitoring(), [scores], [], datetime.now(UTC), 1)
+    (drifting_now,) = condition
+    assert (drifting_now.status, drifting_now.reason) == ("True", "InputDrift")
+    assert drifting_now.message.startswith("PSI at or over 0.25: x7 (")
+    assert event is not None and event.reason == "DriftDetected"
+
+
+def test_the_scrape_is_bounded_in_size_and_refuses_names() -> None:
+    class Huge(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"# junk\n" * (MAX_BYTES // 7 + 10))
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Huge)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        scores = scrape_drift("m-1", "127.0.0.1", server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert scores.error == f"/metrics is over {MAX_BYTES} bytes"
+    assert scrape_drift("m-1", "localhost", 1).error == "bad pod IP"
+    assert scrape_drift("m-1", "127.0.0.1", free_port()).error.startswith("/metrics unreadable")
+    # What the parser cannot read is named by its type only (the line may be anything).
+    assert drift_of("m-1", 'modelyard_server_drift_window_rows{model="m"} secret\n').error == (
+        "/metrics unparsable (ValueError)"
+    )
 
 
 def test_false_alarm_rate_over_fifty_windows(drift_server: ServerProcess) -> None:
