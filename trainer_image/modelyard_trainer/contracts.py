@@ -456,6 +456,13 @@ class Histogram(_Model):
 class FeatureReference(Histogram):
     """Reference distribution of one input column."""
 
+    # Inputs have at most REFERENCE_BINS bins: the server counts them in small integers.
+    edges: list[float] = Field(
+        default_factory=list,
+        max_length=REFERENCE_BINS - 1,
+        description="Ascending inner edges (numbers).",
+    )
+
     name: str = Field(default="", max_length=256, description="Column name.")
     tensor: str = Field(default="input", max_length=64, description="Model input that holds it.")
     column: int = Field(default=0, ge=0, description="Its index along that input's last axis.")

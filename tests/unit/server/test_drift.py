@@ -27,7 +27,7 @@ from modelyard_operator.status.drift import drifting
 from modelyard_server.drift import PSI_EPSILON, DriftMonitor, psi
 from modelyard_server.signature import ModelSignature, TensorSpec
 from modelyard_trainer.contracts import DriftReference, FeatureReference, OutputReference
-from modelyard_trainer.reference import numeric_histogram, string_histogram
+from modelyard_trainer.reference import bin_of, numeric_histogram, string_histogram
 
 from .conftest import ServerProcess, free_port, http_get
 from .onnx_models import mlp, save
@@ -348,3 +348,42 @@ def test_fetch_copies_the_metadata_beside_the_model_when_there_is_one(
     assert result.returncode == 0, result.stderr
     assert "no metadata.json beside the model: drift monitoring off" in result.stdout
     assert sorted(p.name for p in dest.parent.iterdir()) == ["model.onnx"]
+
+
+def test_columns_with_few_edges_nan_and_infinity_land_in_the_trainers_bins() -> None:
+    """The monitor's block-wise binning agrees with the trainer's rule (bin_of) column by column."""
+    rng = np.random.default_rng(11)
+    train = np.stack(
+        [rng.normal(size=3000), rng.integers(0, 3, size=3000), np.full(3000, 2.0)], axis=1
+    )
+    histograms = [numeric_histogram(column) for column in train.T]
+    assert [len(h.edges) for h in histograms] == [9, 3, 1]
+    reference = DriftReference(
+        features=[
+            FeatureReference(name=f"c{i}", column=i, **h.model_dump())
+            for i, h in enumerate(histograms)
+        ]
+    )
+    signature = ModelSignature(
+        inputs=(TensorSpec("input", "FP32", (-1, 3)),), outputs=(TensorSpec("y", "FP32", (-1,)),)
+    )
+    monitor = DriftMonitor(reference, signature, "m", window_rows=2000, min_rows=100)
+    live = rng.normal(1.0, 2.0, size=(1500, 3)).astype(np.float32)
+    live[::7, 0] = np.nan
+    live[::11, 1] = np.inf
+    live[::13, 2] = -np.inf
+    monitor.observe({"input": live}, [np.zeros(1500, dtype=np.float32)])
+    rows, scores, _ = monitor.scores()
+    assert rows == 1500
+    for index, histogram in enumerate(histograms):
+        values = live[:, index].astype(np.float64)
+        missing = np.isnan(values)
+        counts = np.bincount(
+            bin_of(values[~missing], histogram.edges), minlength=len(histogram.edges) + 1
+        )
+        shares = np.append(counts, missing.sum()) / len(values)
+        expected = np.append(
+            np.asarray(histogram.proportions) * (1 - histogram.missing_rate),
+            histogram.missing_rate,
+        )
+        assert scores[f"c{index}"] == pytest.approx(psi(expected, shares))
