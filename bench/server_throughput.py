@@ -17,6 +17,8 @@ Models: the 10-20-10 MLP and a 784-1024-1024-10 MLP (onnx.helper, seeded random 
 
 Prerequisites: `bench/server/make_venvs.sh` (KServe/FastAPI venv and wrk). Run:
     .venv/bin/python bench/server_throughput.py [--duration 10]
+The cost of drift monitoring alone (on vs off, alternating order, medians of the rounds):
+    .venv/bin/python bench/server_throughput.py --contenders modelyard modelyard-drift --rounds 4
 Figures go to stdout and bench/results/server_throughput.json.
 """
 
@@ -312,8 +314,38 @@ def _figures(p: Point) -> str:
     return f"{p.rows_per_s:9.0f} rows/s  p50 {p.p50_ms:7.2f} ms  p99 {p.p99_ms:7.2f} ms{cpu}"
 
 
+def medians(points: list[Point]) -> list[Point]:
+    """One point per model, contender and concurrency: the median of its rounds' figures."""
+    groups: dict[tuple[str, str, int], list[Point]] = {}
+    for p in points:
+        groups.setdefault((p.model, p.contender, p.concurrency), []).append(p)
+    merged = []
+    for (model, contender, concurrency), group in groups.items():
+
+        def median(field: str, group: list[Point] = group) -> float:
+            return float(np.median([getattr(p, field) for p in group]))
+
+        merged.append(
+            Point(
+                model,
+                contender,
+                concurrency,
+                median("requests_per_s"),
+                median("rows_per_s"),
+                median("p50_ms"),
+                median("p99_ms"),
+                sum(p.errors for p in group),
+                median("cpu_ms_per_request"),
+            )
+        )
+    return merged
+
+
 def report(points: list[Point], args: argparse.Namespace) -> None:
-    print("\nrows/s (p50 / p99 ms); one row per request; servers on one core, wrk on another")
+    print(
+        "\nrows/s (p50 / p99 ms), medians of the rounds; one row per request; servers on one "
+        "core, wrk on another"
+    )
     for name in MODELS:
         mine = [p for p in points if p.model == name]
         if not mine:
@@ -370,6 +402,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per point")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="runs of every contender; figures are medians"
+    )
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per server")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -393,15 +428,19 @@ def main() -> None:
         sizes = MODELS[name]
         model = save(mlp(sizes, seed=0), workdir / f"{name}.onnx")
         print(f"{name}:", flush=True)
-        for contender in args.contenders:
-            if contender == "onnxruntime":
-                points += bench_inprocess(name, model, args)
-            elif contender == "modelyard-drift":
-                served = with_reference(model, sizes[0], workdir / f"drift-{name}")
-                points += bench_server(contender, name, served, sizes[0], args, workdir)
-            else:
-                points += bench_server(contender, name, model, sizes[0], args, workdir)
-    report(points, args)
+        for round_ in range(args.rounds):
+            # Every other round in reverse order: a machine that slows down or speeds up over
+            # the run favours no contender.
+            order = args.contenders if round_ % 2 == 0 else args.contenders[::-1]
+            for contender in order:
+                if contender == "onnxruntime":
+                    points += bench_inprocess(name, model, args)
+                elif contender == "modelyard-drift":
+                    served = with_reference(model, sizes[0], workdir / f"drift-{name}")
+                    points += bench_server(contender, name, served, sizes[0], args, workdir)
+                else:
+                    points += bench_server(contender, name, model, sizes[0], args, workdir)
+    report(medians(points), args)
     out = RESULTS / "server_throughput.json"
     out.write_text(
         json.dumps({"args": vars(args), "points": [asdict(p) for p in points]}, indent=1)
