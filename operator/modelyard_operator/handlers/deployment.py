@@ -229,7 +229,16 @@ def _read_drift(md: ModelDeployment, pods: list[Manifest]) -> list[PodDrift] | N
     if not ready:
         return []
     with ThreadPoolExecutor(max_workers=len(ready)) as pool:
-        return list(pool.map(lambda pod: scrape_drift(pod[0], pod[1], HTTP_PORT), ready))
+        scores = list(pool.map(lambda pod: scrape_drift(pod[0], pod[1], HTTP_PORT), ready))
+    for unread in (s for s in scores if s.error):
+        log.info(
+            "%s/%s: drift scores of pod %s: %s",
+            md.metadata.namespace,
+            md.metadata.name,
+            unread.pod,
+            unread.error,
+        )
+    return scores
 
 
 def _read_training(

@@ -68,13 +68,12 @@ def drifting(
     counting = [p for p in pods if not p.error and p.window_rows >= drift.min_rows]
     threshold = drift.psi_threshold
     if not counting:
-        unread = [p for p in pods if p.error]
+        # Which pods could not be read (and why) is for the log: it changes with every pass,
+        # and a condition that does would write the status each time.
         message = (
             f"no server pod has scored {drift.min_rows} rows yet (a model without reference "
             "statistics in its metadata.json is never scored)"
         )
-        if unread:
-            message += f"; {len(unread)} pod(s) could not be read: {unread[0].error}"
         status, reason = False, "InsufficientData"
     else:
         scores = sorted(_averaged(counting).items(), key=lambda item: (-item[1], item[0]))
