@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import pandas as pd
 import pytest
 
 from modelyard_operator.api.deployment import DriftMonitoring
@@ -387,3 +388,91 @@ def test_columns_with_few_edges_nan_and_infinity_land_in_the_trainers_bins() -> 
             histogram.missing_rate,
         )
         assert scores[f"c{index}"] == pytest.approx(psi(expected, shares))
+
+
+def test_a_trained_model_with_text_and_missing_values_end_to_end(
+    start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """The trainer's own artifacts, served: the reference fits the model it describes."""
+    from tests.unit.trainer.support import run_trainer
+
+    def rows(seed: int, count: int) -> pd.DataFrame:
+        rng = np.random.default_rng(seed)
+        frame = pd.DataFrame(
+            {
+                "size": rng.normal(size=count),
+                "color": rng.choice(["red", "green", "blue"], size=count, p=[0.6, 0.3, 0.1]),
+            }
+        )
+        frame.loc[rng.random(count) < 0.1, "size"] = np.nan
+        return frame
+
+    train = rows(0, 600)
+    train["price"] = 10 + 3 * train["size"].fillna(0) + (train["color"] == "red")
+    train.to_csv(tmp_path / "houses.csv", index=False)
+    config = {
+        "model": {"hiddenLayers": [8]},
+        "data": {
+            "source": {"uri": str(tmp_path / "houses.csv")},
+            "target": "price",
+            "preprocessing": {"missing": "mean"},
+        },
+        "training": {"epochs": 2, "loss": "mse"},
+    }
+    run = run_trainer(tmp_path, "houses", config)
+    assert run.returncode == 0, run.describe()
+    server = start_server(
+        run.run_dir / run.metadata().model_file,
+        max_batch_size=100,
+        drift_window_rows=1000,
+        drift_min_rows=500,
+        allow_non_finite_inputs="true",
+    )
+
+    def send(frame: pd.DataFrame) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        for start in range(0, len(frame), 100):
+            chunk = frame.iloc[start : start + 100]
+            # Numbers in the binary extension (JSON has no NaN for a missing one), text as JSON.
+            size = chunk[["size"]].to_numpy(dtype=np.float32)
+            header = json.dumps(
+                {
+                    "inputs": [
+                        {
+                            "name": "input",
+                            "shape": list(size.shape),
+                            "datatype": "FP32",
+                            "parameters": {"binary_data_size": size.nbytes},
+                        },
+                        {
+                            "name": "categorical",
+                            "shape": [len(chunk), 1],
+                            "datatype": "BYTES",
+                            "data": list(chunk["color"]),
+                        },
+                    ]
+                }
+            ).encode()
+            conn.request(
+                "POST",
+                "/v2/models/model/infer",
+                body=header + size.tobytes(),
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Inference-Header-Content-Length": str(len(header)),
+                },
+            )
+            response = conn.getresponse()
+            assert response.status == 200, response.read()
+            response.read()
+        conn.close()
+
+    send(rows(1, 1000))
+    _, features, prediction = _scores(server)
+    assert set(features) == {"size", "color"} and prediction is not None
+    assert features["color"] < 0.1, features
+    purple = rows(2, 1000)
+    purple["color"] = "purple"
+    send(purple)
+    _, features, _ = _scores(server)
+    assert features["color"] > 1.0 and features["size"] < 0.25, features
