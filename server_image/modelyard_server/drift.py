@@ -317,6 +317,8 @@ class DriftMonitor(Collector):
             for name in self._sources
             if name in named and named[name].ndim >= 1 and named[name].shape[0] == rows
         }
+        if self._prediction is not None and self._prediction.source not in kept_outputs:
+            return  # every pending batch carries the same arrays, so they join row for row
         with self._lock:
             self._pending.append((inputs, kept_outputs, rows))
             self._pending_rows += rows
