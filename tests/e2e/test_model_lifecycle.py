@@ -124,6 +124,11 @@ class Lifecycle:
     def create(self, plural: str, body: dict[str, Any]) -> None:
         self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, plural, body)
 
+    def patch_deployment(self, spec: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, "modeldeployments", SERVING, {"spec": spec}
+        )
+
     def pods(self, selector: str) -> list[client.V1Pod]:
         return list(self.core.list_namespaced_pod(self.namespace, label_selector=selector).items)
 
@@ -360,6 +365,8 @@ def test_predictions_through_the_service_equal_onnx_runtime_on_the_artifact(
 
     served = _infer(life.service_address(), rows)
     np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-5)
+    servers = life.pods(f"modelyard.dev/deployment={SERVING}")
+    report(f"server pods on {sorted(p.spec.node_name for p in servers)}")
 
 
 def _condition(life: Lifecycle, kind: str, type_: str) -> dict[str, Any]:
@@ -373,14 +380,7 @@ def test_shifted_inputs_turn_drifting_true_naming_the_column_and_back(life: Life
     # A small window read often, so that a few thousand rows decide (minRows: 500 rows score
     # about 9/500 from sampling noise, far below the 0.25 threshold).
     drift = {"windowRows": 2000, "minRows": 500, "intervalSeconds": 10}
-    life.custom.patch_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        life.namespace,
-        "modeldeployments",
-        SERVING,
-        {"spec": {"monitoring": {"drift": drift}}},
-    )
+    life.patch_deployment({"monitoring": {"drift": drift}})
     generation = life.get("modeldeployments")["metadata"]["generation"]
 
     def rolled_out() -> bool:
@@ -453,22 +453,15 @@ def test_a_corrupted_model_is_rolled_back_while_the_old_pods_serve_every_request
     thread = threading.Thread(target=loop.run, daemon=True)
     thread.start()
     try:
-        life.custom.patch_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            life.namespace,
-            "modeldeployments",
-            SERVING,
+        life.patch_deployment(
             {
-                "spec": {
-                    "model": {
-                        "fromTraining": None,
-                        "gate": None,
-                        "uri": CORRUPT_URI,
-                        "sha256": hashlib.sha256(CORRUPT_BYTES).hexdigest(),
-                    }
+                "model": {
+                    "fromTraining": None,
+                    "gate": None,
+                    "uri": CORRUPT_URI,
+                    "sha256": hashlib.sha256(CORRUPT_BYTES).hexdigest(),
                 }
-            },
+            }
         )
 
         def rolled_back() -> dict[str, Any] | None:

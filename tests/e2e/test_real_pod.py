@@ -12,7 +12,7 @@ import secrets
 
 from kubernetes import client
 
-from tests.e2e.cluster_support import Cluster, busybox_pod, wait_for_phase, with_claim
+from tests.e2e.cluster_support import Cluster, busybox_pod, report, wait_for_phase, with_claim
 from tests.integration.support import wait_until
 
 
@@ -132,6 +132,9 @@ def test_pods_reach_each_other_through_a_service_by_its_dns_name(
     assert f"resolved={service.spec.cluster_ip}" in lines
     web = core.read_namespaced_pod("web", namespace)
     assert {web.spec.node_name, pod.spec.node_name} == {cluster.workers[0], cluster.workers[-1]}
+    report(
+        f"Service by DNS name: server pod on {web.spec.node_name}, client on {pod.spec.node_name}"
+    )
 
 
 def test_a_claim_of_the_default_storage_class_binds_and_keeps_data_across_pods(
