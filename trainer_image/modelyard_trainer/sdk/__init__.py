@@ -145,6 +145,7 @@ class Run:
         self.last_epoch = 0
         self.resumed_from_epoch: int | None = None
         self._eta: EtaEstimator | None = None
+        self._steps_per_epoch = 0
 
     @property
     def rank(self) -> int:
@@ -180,12 +181,15 @@ class Run:
         force: bool = False,
     ) -> bool:
         """Progress after `epoch` finished epochs (and `step` steps into the next), sent by
-        rank 0 at most every progress interval unless `force`; whether it was sent."""
+        rank 0 at most every progress interval unless `force`; whether it was sent. The ETA
+        is the trainer's: the pace since the end of this attempt's first epoch."""
         if epochs < 1 or not 0 <= epoch <= epochs:
             raise InvalidConfig(f"report: need 0 <= epoch <= epochs, got {epoch}/{epochs}")
         if step < 0 or steps_per_epoch < 0 or (steps_per_epoch and step > steps_per_epoch):
             raise InvalidConfig(f"report: step {step} is outside 0..{steps_per_epoch}")
         self.last_epoch = epoch
+        # An epoch-end report may leave steps_per_epoch out: the position keeps its units.
+        self._steps_per_epoch = steps_per_epoch = steps_per_epoch or self._steps_per_epoch
         if not self.is_rank_zero:
             return False
         units = steps_per_epoch or 1

@@ -61,7 +61,7 @@ def train(run: sdk.Run, args: argparse.Namespace) -> None:
     split = len(points) * 4 // 5
     train_set = TensorDataset(points[:split], labels[:split])
     test_points, test_labels = points[split:], labels[split:]
-    sampler = DistributedSampler(
+    sampler: DistributedSampler[tuple[torch.Tensor, ...]] = DistributedSampler(
         train_set, num_replicas=run.world_size, rank=run.rank, shuffle=True, seed=args.seed
     )
     # The global batch is args.batch_size, whatever the number of processes.
@@ -136,10 +136,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--learning-rate", type=float, default=0.01)
     parser.add_argument("--checkpoint-every", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--progress-interval-seconds", type=float, default=5.0)
     parser.add_argument("--int8", action="store_true", help="also publish an int8 variant")
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
     arguments = parse_args()
-    sdk.main(lambda run: train(run, arguments), output=arguments.output, name="example")
+    sdk.main(
+        lambda run: train(run, arguments),
+        output=arguments.output,
+        name="example",
+        progress_interval_seconds=arguments.progress_interval_seconds,
+    )
