@@ -244,6 +244,20 @@ EXAMPLE = ["-m", "modelyard_trainer.sdk.example", "--progress-interval-seconds",
 EXAMPLE_RUN = Path("local") / "example" / "local" / "g1"
 
 
+def _launch(nproc: int, *program: str) -> list[str]:
+    """As the operator runs a script with processesPerWorker > 1 (here standalone)."""
+    torchrun = ["--standalone", f"--nproc-per-node={nproc}"]
+    return [
+        sys.executable,
+        "-m",
+        "modelyard_trainer.launch",
+        *torchrun,
+        "--",
+        "--command",
+        *program,
+    ]
+
+
 def _torchrun(nproc: int) -> list[str]:
     return [
         sys.executable,
@@ -277,7 +291,7 @@ def test_the_example_script_trains_and_publishes_on_two_processes(tmp_path: Path
     output = tmp_path / "out"
     termination = tmp_path / "termination"
     done = subprocess.run(
-        [*_torchrun(2), *EXAMPLE, "--epochs", "6", "--output", str(output)],
+        _launch(2, sys.executable, *EXAMPLE, "--epochs", "6", "--output", str(output)),
         env=trainer_env(termination),
         capture_output=True,
         text=True,
@@ -332,3 +346,20 @@ def test_the_example_script_resumes_from_its_checkpoint_after_a_kill(tmp_path: P
     metadata = _check_published(output, termination, 2)
     assert metadata.training.resumed_from_epoch is not None
     assert 1 <= metadata.training.resumed_from_epoch < 8
+
+
+def test_the_launcher_keeps_a_script_s_permanent_exit_code(tmp_path: Path) -> None:
+    """torchrun alone would exit 1 (retry); the podFailurePolicy must see NotPublished's 64."""
+    code = (
+        f"from modelyard_trainer import sdk; sdk.main(lambda run: None, output={str(tmp_path)!r})"
+    )
+    done = subprocess.run(
+        _launch(2, sys.executable, "-c", code),
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 64, done.stderr[-3000:]
+    failure = _termination(tmp_path)
+    assert isinstance(failure, TrainingFailure) and failure.reason == "NotPublished"
