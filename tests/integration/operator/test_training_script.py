@@ -77,7 +77,8 @@ def test_a_script_runs_as_the_gang_and_its_published_result_reaches_status(
     pods = by_rank(attempt_pods(objects, NAME, 1, 2))
     for pod in pods:
         container = pod.spec.containers[0]
-        assert container.command[-7:-4] == ["python", "-m", "modelyard_trainer.sdk.example"]
+        program = ["python", "-m", "modelyard_trainer.sdk.example", "--epochs", "30"]
+        assert container.command[-8:-3] == program
         env = _env(pod)
         assert env["PET_NNODES"] == env["WORLD_SIZE"] == "2"
         assert env[ENV_OUTPUT_DIR] == f"{DEFAULT_PVC_MOUNT_ROOT}/modelyard-models"
