@@ -5,10 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 
 .PHONY: install lint shellcheck typecheck test test-unit test-integration crds grpc-stubs demo \
-	demo-local kind-demo kind-up kind-down cluster-up cluster-down k8s-binaries bench-server bench-trainer \
+	demo-local kind-up kind-down cluster-up cluster-down k8s-binaries bench-server bench-trainer \
 	bench-operator-scale bench-operator-churn bench-operator-watch-cost gpu-check images prometheus \
-	deploy-manifests node-binaries node-up node-down host-packages real-cluster-up \
-	real-cluster-down test-e2e s3-server clean
+	deploy-manifests node-binaries node-up node-down host-packages kind-load-images \
+	test-e2e s3-server clean
 
 $(UV):
 	hack/install-uv.sh
@@ -55,23 +55,10 @@ node-down:
 host-packages:  ## Debian packages of the real node and the images; starts dockerd (root)
 	hack/host-packages.sh
 
-# The cluster of `make demo` and `make test-e2e`: its own state and ports, no kwok nodes and
-# an untainted real node, so that every pod really runs.
-REAL_CLUSTER := MODELYARD_CLUSTER_DIR=$(CURDIR)/.cluster-real MODELYARD_ETCD_PORT=24379 \
-	MODELYARD_ETCD_PEER_PORT=24380 MODELYARD_APISERVER_PORT=24443 MODELYARD_KCM_PORT=24257 \
-	MODELYARD_SCHEDULER_PORT=24259 MODELYARD_KWOK_PORT=24247 MODELYARD_KWOK_NODES=0 \
-	MODELYARD_NODE_TAINT=
+# `make demo` and `make test-e2e` run on the kind cluster of hack/kind/up.sh (two workers).
 K8S_BIN = $(shell hack/k8s-binaries.sh --print-bin-dir)
 VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
 IMAGES := modelyard/operator:$(VERSION) modelyard/trainer:$(VERSION) modelyard/server:$(VERSION)
-
-real-cluster-up: k8s-binaries node-binaries host-packages  ## control plane + real node, no kwok
-	$(REAL_CLUSTER) hack/cluster.sh up
-	$(REAL_CLUSTER) hack/node.sh up
-
-real-cluster-down:
-	$(REAL_CLUSTER) hack/node.sh down
-	$(REAL_CLUSTER) hack/cluster.sh down
 
 test-e2e: install kind-up  ## tests with real pods on the kind cluster (1 control plane, 2 workers)
 	$(MAKE) images kind-load-images
@@ -105,24 +92,19 @@ test: lint typecheck test-integration  ## the README's test command: lint, types
 bench-operator-scale: install  ## 1,000 ModelDeployments + 200 ModelTrainings (BENCH_ARGS to resize)
 	$(PY) bench/operator_scale.py $(BENCH_ARGS)
 
-demo: install real-cluster-up  ## the main job: a model's whole life on the real cluster
-	$(MAKE) images
-	$(PY) hack/demo.py --kubeconfig .cluster-real/kubeconfig --kubectl $(K8S_BIN)/kubectl \
+demo: install kind-up  ## the main job: a model's whole life on the kind cluster (two workers)
+	$(MAKE) images kind-load-images
+	$(PY) hack/demo.py --kubeconfig .cluster-kind/kubeconfig --kubectl $(K8S_BIN)/kubectl \
 		--helm $(K8S_BIN)/helm
 
 demo-local: install  ## the same without Kubernetes: torchrun, the server, an OIP client
 	$(PY) hack/demo_local.py
 
-kind-up:  ## kind: 1 control plane + 2 workers, built here (KUBECONFIG=.cluster-kind/kubeconfig)
+kind-up: host-packages  ## kind: 1 control plane + 2 workers, built here (KUBECONFIG=.cluster-kind/kubeconfig)
 	nice -n 19 hack/kind/up.sh
 
 kind-down:  ## delete the kind cluster, stop kind's Docker engine (the caches stay)
 	hack/kind/down.sh
-
-kind-demo: install kind-up  ## the demo of `make demo` on the kind cluster of kind-up (two workers)
-	$(MAKE) images kind-load-images
-	$(PY) hack/demo.py --kubeconfig .cluster-kind/kubeconfig --kubectl $(K8S_BIN)/kubectl \
-		--helm $(K8S_BIN)/helm
 
 bench-operator-churn: install  ## operator RSS over a 10-minute create/update/delete churn
 	$(PY) bench/operator_churn.py $(BENCH_ARGS)
@@ -142,10 +124,8 @@ gpu-check: install  ## GPU vs CPU trainer and server, trainer vs a plain loop; -
 
 # BASE=local (the default here): a debootstrap base image, as no registry is reachable.
 BASE ?= local
-images: host-packages  ## modelyard/{operator,trainer,server}; into the real node when it is up
+images: host-packages  ## modelyard/{operator,trainer,server} in the host's Docker
 	hack/images.sh $(if $(BASE),--base $(BASE))
-	if [[ -S .cluster-real/node/run/containerd.sock ]]; then \
-		$(REAL_CLUSTER) hack/node-images.sh docker $(IMAGES); fi
 
 deploy-manifests: k8s-binaries  ## re-render deploy/default/modelyard.yaml from charts/modelyard
 	hack/render-deploy.sh

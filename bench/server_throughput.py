@@ -6,6 +6,10 @@ to another core, at concurrency 1, 16 and 64, with one-row requests:
   modelyard-bin    this server, binary tensor extension (what the Triton client sends)
   modelyard-grpc   this server over gRPC (raw_input_contents), driven by grpc_load.py, a
                    Python client on the wrk core: at high concurrency it may be the limit
+  modelyard-drift  this server, JSON requests, with drift monitoring on: a metadata.json
+                   beside the model holds a training reference (as the trainer writes it)
+                   for every input column (at most 256) and the first output column; the
+                   other modelyard contenders run with drift monitoring off
   kserve           KServe's Python model server, custom Model calling onnxruntime
   naive            a FastAPI endpoint that calls session.run per request
   onnxruntime      the limit: ONNX Runtime in-process on batches of 1, 16, 64 rows, no HTTP
@@ -13,6 +17,8 @@ Models: the 10-20-10 MLP and a 784-1024-1024-10 MLP (onnx.helper, seeded random 
 
 Prerequisites: `bench/server/make_venvs.sh` (KServe/FastAPI venv and wrk). Run:
     .venv/bin/python bench/server_throughput.py [--duration 10]
+The cost of drift monitoring alone (on vs off, alternating order, medians of the rounds):
+    .venv/bin/python bench/server_throughput.py --contenders modelyard modelyard-drift --rounds 4
 Figures go to stdout and bench/results/server_throughput.json.
 """
 
@@ -43,7 +49,17 @@ sys.path.insert(0, str(HERE))
 from onnx_mlp import mlp, save  # noqa: E402
 
 MODELS = {"mlp-10-20-10": [10, 20, 10], "mlp-784-1024-1024-10": [784, 1024, 1024, 10]}
-CONTENDERS = ["modelyard", "modelyard-bin", "modelyard-grpc", "kserve", "naive", "onnxruntime"]
+CONTENDERS = [
+    "modelyard",
+    "modelyard-drift",
+    "modelyard-bin",
+    "modelyard-grpc",
+    "kserve",
+    "naive",
+    "onnxruntime",
+]
+# Rows of the synthetic "training split" that the drift reference is computed from.
+REFERENCE_ROWS = 20_000
 
 
 @dataclass
@@ -168,6 +184,7 @@ def server_command(
             MODELYARD_SERVER_INTER_OP_THREADS="1",
             MODELYARD_SERVER_MAX_BATCH_SIZE=str(max_batch),
             MODELYARD_SERVER_GRPC_PORT=str(grpc_port),
+            MODELYARD_SERVER_DRIFT_WINDOW_ROWS="10000" if contender == "modelyard-drift" else "0",
         )
         cmd = [sys.executable, "-m", "modelyard_server", "--model", str(model),
                "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
@@ -184,6 +201,41 @@ def server_command(
     return cmd, env
 
 
+def with_reference(model: Path, width: int, directory: Path) -> Path:
+    """A copy of `model` in `directory` with a metadata.json holding its drift reference."""
+    import hashlib
+
+    import onnxruntime as ort
+
+    from modelyard_trainer.contracts import (
+        MAX_REFERENCE_FEATURES,
+        DriftReference,
+        FeatureReference,
+        OutputReference,
+    )
+    from modelyard_trainer.reference import numeric_histogram
+
+    directory.mkdir(parents=True, exist_ok=True)
+    copy = directory / "model.onnx"
+    copy.write_bytes(model.read_bytes())
+    # The requests' rows are standard normal too: the window scores no drift, as in production.
+    train = np.random.default_rng(1).standard_normal((REFERENCE_ROWS, width)).astype(np.float32)
+    (output,) = ort.InferenceSession(str(copy)).run(None, {"input": train})
+    reference = DriftReference(
+        rows=REFERENCE_ROWS,
+        features_total=width,
+        features=[
+            FeatureReference(name=f"x{i}", column=i, **numeric_histogram(train[:, i]).model_dump())
+            for i in range(min(width, MAX_REFERENCE_FEATURES))
+        ],
+        prediction=OutputReference(output="output", **numeric_histogram(output[:, 0]).model_dump()),
+    )
+    digest = hashlib.sha256(copy.read_bytes()).hexdigest()
+    metadata = {"files": {copy.name: {"sha256": digest}}, "reference": reference.model_dump()}
+    (directory / "metadata.json").write_text(json.dumps(metadata))
+    return copy
+
+
 def bench_server(
     contender: str, name: str, model: Path, width: int, args: argparse.Namespace, workdir: Path
 ) -> list[Point]:
@@ -196,6 +248,9 @@ def bench_server(
     points = []
     try:
         wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", proc)
+        if contender == "modelyard-drift":
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+                assert b"modelyard_server_drift_window_rows" in page.read(), "drift is off"
         body, headers = request_body(width, binary=contender == "modelyard-bin")
         url = f"http://127.0.0.1:{port}/v2/models/model/infer"
         check = urllib.request.Request(url, data=body, headers=headers, method="POST")
@@ -259,8 +314,38 @@ def _figures(p: Point) -> str:
     return f"{p.rows_per_s:9.0f} rows/s  p50 {p.p50_ms:7.2f} ms  p99 {p.p99_ms:7.2f} ms{cpu}"
 
 
+def medians(points: list[Point]) -> list[Point]:
+    """One point per model, contender and concurrency: the median of its rounds' figures."""
+    groups: dict[tuple[str, str, int], list[Point]] = {}
+    for p in points:
+        groups.setdefault((p.model, p.contender, p.concurrency), []).append(p)
+    merged = []
+    for (model, contender, concurrency), group in groups.items():
+
+        def median(field: str, group: list[Point] = group) -> float:
+            return float(np.median([getattr(p, field) for p in group]))
+
+        merged.append(
+            Point(
+                model,
+                contender,
+                concurrency,
+                median("requests_per_s"),
+                median("rows_per_s"),
+                median("p50_ms"),
+                median("p99_ms"),
+                sum(p.errors for p in group),
+                median("cpu_ms_per_request"),
+            )
+        )
+    return merged
+
+
 def report(points: list[Point], args: argparse.Namespace) -> None:
-    print("\nrows/s (p50 / p99 ms); one row per request; servers on one core, wrk on another")
+    print(
+        "\nrows/s (p50 / p99 ms), medians of the rounds; one row per request; servers on one "
+        "core, wrk on another"
+    )
     for name in MODELS:
         mine = [p for p in points if p.model == name]
         if not mine:
@@ -297,6 +382,19 @@ def report(points: list[Point], args: argparse.Namespace) -> None:
                 a, b = by.get((contender, c)), by.get(("onnxruntime", c))
                 cells += f"{a.rows_per_s / b.rows_per_s:>27.1%} " if a and b else f"{'-':>28}"
             print(f"{'ORT share ' + contender.removeprefix('modelyard'):15}{cells}")
+        # The cost of drift monitoring: the same server and requests with it on and off.
+        cells, cpu_cells = "", ""
+        for c in args.concurrency:
+            a, b = by.get(("modelyard-drift", c)), by.get(("modelyard", c))
+            if a and b:
+                cells += f"{a.rows_per_s / b.rows_per_s:>27.2f}x"
+                extra = 1000 * (a.cpu_ms_per_request - b.cpu_ms_per_request)
+                cpu_cells += f"{extra:>18.1f} us/request"
+            else:
+                cells += f"{'-':>28}"
+                cpu_cells += f"{'-':>29}"
+        print(f"{'drift on/off':15}{cells}")
+        print(f"{'drift CPU cost':15}{cpu_cells}")
 
 
 def main() -> None:
@@ -304,6 +402,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per point")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="runs of every contender; figures are medians"
+    )
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per server")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -315,6 +416,7 @@ def main() -> None:
     # Only the other contenders need that venv: modelyard alone runs from the project's.
     if not KSERVE_PY.exists() and set(args.contenders) - {
         "modelyard",
+        "modelyard-drift",
         "modelyard-bin",
         "modelyard-grpc",
     }:
@@ -326,12 +428,19 @@ def main() -> None:
         sizes = MODELS[name]
         model = save(mlp(sizes, seed=0), workdir / f"{name}.onnx")
         print(f"{name}:", flush=True)
-        for contender in args.contenders:
-            if contender == "onnxruntime":
-                points += bench_inprocess(name, model, args)
-            else:
-                points += bench_server(contender, name, model, sizes[0], args, workdir)
-    report(points, args)
+        for round_ in range(args.rounds):
+            # Every other round in reverse order: a machine that slows down or speeds up over
+            # the run favours no contender.
+            order = args.contenders if round_ % 2 == 0 else args.contenders[::-1]
+            for contender in order:
+                if contender == "onnxruntime":
+                    points += bench_inprocess(name, model, args)
+                elif contender == "modelyard-drift":
+                    served = with_reference(model, sizes[0], workdir / f"drift-{name}")
+                    points += bench_server(contender, name, served, sizes[0], args, workdir)
+                else:
+                    points += bench_server(contender, name, model, sizes[0], args, workdir)
+    report(medians(points), args)
     out = RESULTS / "server_throughput.json"
     out.write_text(
         json.dumps({"args": vars(args), "points": [asdict(p) for p in points]}, indent=1)

@@ -36,6 +36,8 @@ from modelyard_server.metrics import ServerMetrics
 log = logging.getLogger(__name__)
 
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+# Sees every batch that ran with its outputs (drift monitoring); must be cheap.
+Observer = Callable[[dict[str, np.ndarray], list[np.ndarray]], None]
 
 # Longest run that may hold the event loop: about what parsing a body inline costs
 # (app.INLINE_PARSE_BYTES), so that health probes never wait noticeably longer.
@@ -60,8 +62,10 @@ class Batcher:
         max_batch_delay_s: float,
         max_queue_size: int,
         metrics: ServerMetrics,
+        observe: Observer | None = None,
     ) -> None:
         self._run = run
+        self._observe = observe
         self._max_rows = max_batch_size
         self._max_delay = max_batch_delay_s
         self._max_queue = max_queue_size
@@ -211,13 +215,19 @@ class Batcher:
             if lone:
                 self._lone_run = (rows, self._run_s)
         self._metrics.batch_size.observe(rows)
+        if len(batch) > 1 and any(o.ndim == 0 or o.shape[0] != rows for o in outputs):
+            for job in batch:
+                await self._execute([job])
+            return
+        # After the run, not inside it: its cost is no part of the model's time.
+        if self._observe is not None:
+            try:
+                self._observe(feed, outputs)
+            except Exception:  # monitoring must never fail a request that has its answer
+                log.exception("drift monitoring failed on a batch of %d rows", rows)
         if len(batch) == 1:
             if not batch[0].future.done():
                 batch[0].future.set_result(outputs)
-            return
-        if any(o.ndim == 0 or o.shape[0] != rows for o in outputs):
-            for job in batch:
-                await self._execute([job])
             return
         start = 0
         for job in batch:

@@ -307,10 +307,40 @@ class ServerSettings(ServerConfig):
         ),
     )
 
+    # Drift monitoring: set by the operator from the ModelDeployment's spec.monitoring.drift.
+    drift_window_rows: int = Field(
+        default=10000,
+        ge=0,
+        le=10_000_000,
+        description=(
+            "Live rows in the rolling window that is compared with the training reference "
+            "(metadata.json beside the model); 0 turns drift monitoring off."
+        ),
+    )
+    drift_min_rows: int = Field(
+        default=1000,
+        ge=1,
+        le=10_000_000,
+        description=(
+            "Rows the drift window must hold before drift scores are exported: fewer rows "
+            "score noise (an unchanged distribution scores about bins/rows on average)."
+        ),
+    )
+
     @model_validator(mode="after")
     def _distinct_ports(self) -> ServerSettings:
         if self.port == self.grpc_port:
             raise ValueError(f"port and grpcPort must differ (both are {self.port})")
+        return self
+
+    @model_validator(mode="after")
+    def _min_rows_fit_the_window(self) -> ServerSettings:
+        # The window holds at least 90% of its rows once full (it drops a tenth at a time).
+        if self.drift_window_rows and self.drift_min_rows > self.drift_window_rows * 9 // 10:
+            raise ValueError(
+                f"driftMinRows ({self.drift_min_rows}) must be at most 90% of driftWindowRows "
+                f"({self.drift_window_rows}): the window drops its oldest tenth at a time"
+            )
         return self
 
     @field_validator("sha256")

@@ -173,3 +173,11 @@ METRIC_DYNAMIC_BATCHING = "modelyard_server_dynamic_batching"
 on each other (or batching is off), label: model."""
 METRIC_MODEL_READY = "modelyard_server_model_ready"
 """Gauge, 1 when the model is ready to serve, label: model."""
+METRIC_DRIFT_WINDOW_ROWS = "modelyard_server_drift_window_rows"
+"""Gauge of the rows in the drift window, label: model (only with reference statistics)."""
+METRIC_DRIFT_FEATURE_PSI = "modelyard_server_drift_feature_psi"
+"""Gauge, population stability index of one input column against the training split, labels:
+model, feature (at most 256 features); absent while the window is below its minimum rows."""
+METRIC_DRIFT_PREDICTION_PSI = "modelyard_server_drift_prediction_psi"
+"""Gauge, population stability index of the predictions against those on the training split,
+label: model; absent while the window is below its minimum rows."""

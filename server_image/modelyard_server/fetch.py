@@ -14,6 +14,12 @@ The source is parsed by `modelyard_storage.uri` (no `..`); a path into the claim
 (/mnt/pvc/<claim>/..., or pvc://claim/path) must stay in its claim once symlinks are resolved.
 A model over MODELYARD_MAX_MODEL_BYTES (default 2 GiB, ONNX's own limit for one file) is
 refused from its size, before it is copied (FetchFailed, naming the limit).
+
+With --metadata-dest, the run's metadata.json beside the source (the trainer's reference
+statistics for drift monitoring) is copied too, when there is one: it is optional, so its
+absence or any failure to copy it is only a warning, and the model is served either way. The
+server uses it only when it names the served file's sha256 (a stale metadata.json in a user's
+directory describes another model).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from modelyard_storage.store import (
     byte_limit,
     open_store,
 )
+from modelyard_trainer.contracts import METADATA_FILE
 
 _REASONS: dict[StorageErrorReason, LoadFailureReason] = {
     "NotFound": "ModelNotFound",
@@ -89,6 +96,25 @@ def fetch_model(
         raise FetchError(_REASONS[error.reason], scrub(error.message, environ)) from None
 
 
+# metadata.json with the reference of MAX_REFERENCE_FEATURES columns is a few hundred KiB.
+MAX_METADATA_BYTES = 16 * 1024 * 1024
+
+
+def fetch_metadata(source: str, dest: Path, environ: Mapping[str, str] = os.environ) -> str:
+    """Copy the metadata.json beside `source` to `dest` if there is one; what happened, in words.
+
+    Never raises for a storage failure: the model is served without drift monitoring then.
+    """
+    beside = source.rsplit("/", 1)[0] + "/" + METADATA_FILE if "/" in source else METADATA_FILE
+    try:
+        open_store(beside, environ).download(beside, dest, None, MAX_METADATA_BYTES)
+    except StorageError as error:
+        if error.reason == "NotFound":
+            return f"no {METADATA_FILE} beside the model: drift monitoring off"
+        return f"{METADATA_FILE} not copied ({scrub(error.message, environ)}): drift monitoring off"
+    return f"copied {beside} -> {dest}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m modelyard_server.fetch",
@@ -99,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--dest", required=True, help="where the model goes")
     parser.add_argument("--sha256", default=None, help="expected sha256 (64 hex digits)")
+    parser.add_argument(
+        "--metadata-dest",
+        default=None,
+        help=f"where the {METADATA_FILE} beside the source goes, when there is one (optional)",
+    )
     parser.add_argument(
         "--termination-log",
         default=DEFAULT_TERMINATION_LOG,
@@ -124,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     size = Path(args.dest).stat().st_size
     how = "kept the cached copy of" if kept else "fetched"
     print(f"{how} {args.source} -> {args.dest} ({size} bytes, sha256 {digest})", flush=True)
+    if args.metadata_dest is not None:
+        print(fetch_metadata(args.source, Path(args.metadata_dest)), flush=True)
     return EXIT_OK
 
 

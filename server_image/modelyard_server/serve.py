@@ -28,6 +28,7 @@ from modelyard_server.app import InferenceApp, ServingState
 from modelyard_server.batcher import Batcher
 from modelyard_server.config import ServerSettings
 from modelyard_server.contracts import EXIT_LOAD_FAILURE, EXIT_OK, EXIT_SERVER_ERROR
+from modelyard_server.drift import drift_monitor
 from modelyard_server.grpc_server import grpc_server
 from modelyard_server.metrics import ServerMetrics
 from modelyard_server.model import LoadError, load_model
@@ -214,12 +215,16 @@ class Lifecycle:
             self.exit_code = EXIT_LOAD_FAILURE
             self.server.should_exit = True
             return
+        monitor = await asyncio.to_thread(drift_monitor, s, model)
+        if monitor is not None:
+            self.metrics.registry.register(monitor)
         batcher = Batcher(
             model.run,
             max_batch_size=s.max_batch_size if model.batchable else 1,
             max_batch_delay_s=s.max_batch_delay_ms / 1000,
             max_queue_size=s.max_queue_size,
             metrics=self.metrics,
+            observe=monitor.observe if monitor is not None else None,
         )
         batcher.start()
         self.state.model, self.state.batcher = model, batcher

@@ -362,6 +362,66 @@ def test_predictions_through_the_service_equal_onnx_runtime_on_the_artifact(
     np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-5)
 
 
+def _condition(life: Lifecycle, kind: str, type_: str) -> dict[str, Any]:
+    obj = life.get(kind)
+    conditions = {c["type"]: c for c in obj.get("status", {}).get("conditions", [])}
+    return conditions.get(type_, {})
+
+
+def test_shifted_inputs_turn_drifting_true_naming_the_column_and_back(life: Lifecycle) -> None:
+    assert _ready(life), "needs the deployment of the test before"
+    # A small window read often, so that a few thousand rows decide (minRows: 500 rows score
+    # about 9/500 from sampling noise, far below the 0.25 threshold).
+    drift = {"windowRows": 2000, "minRows": 500, "intervalSeconds": 10}
+    life.custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        life.namespace,
+        "modeldeployments",
+        SERVING,
+        {"spec": {"monitoring": {"drift": drift}}},
+    )
+    generation = life.get("modeldeployments")["metadata"]["generation"]
+
+    def rolled_out() -> bool:
+        md = _ready(life)
+        return md is not None and md["status"].get("observedGeneration") == generation
+
+    wait_until(rolled_out, timeout=300, interval=2, what="Ready with the drift window rolled out")
+    address = life.service_address()
+    rows = load_digits().data.astype(np.float32)
+    shifted = rows.copy()
+    shifted[:, 36] = 24.0  # pixel_4_4, beyond every value the training split had (0-16)
+
+    def drifting(status: str, reasons: set[str]) -> dict[str, Any] | None:
+        condition = _condition(life, "modeldeployments", "Drifting")
+        wanted = condition.get("status") == status and condition.get("reason") in reasons
+        return condition if wanted else None
+
+    def no_drift() -> dict[str, Any] | None:
+        return drifting("False", {"NoDrift"})
+
+    _infer(address, np.concatenate([rows, rows]))
+    wait_until(no_drift, timeout=90, interval=2, what="Drifting=False NoDrift")
+
+    started = time.monotonic()
+    _infer(address, np.concatenate([shifted, shifted]))
+    alarm = wait_until(
+        lambda: drifting("True", {"InputDrift", "PredictionDrift"}),
+        timeout=90,
+        interval=2,
+        what="Drifting=True",
+    )
+    report(
+        f"drift: Drifting=True {time.monotonic() - started:.1f} s after the shifted rows: "
+        f"{alarm['message']}"
+    )
+    assert "pixel_4_4" in alarm["message"], alarm
+
+    _infer(address, np.concatenate([rows, rows]))
+    wait_until(no_drift, timeout=90, interval=2, what="Drifting=False again")
+
+
 @dataclass
 class ClientLoop:
     """Requests through the Service, one after another, counting every failure."""

@@ -57,6 +57,27 @@ SERIES = [
     ('modelyard_reconciles_total{namespace="op",kind="ModelTraining",result="ok"}', "0+5x30"),
     ('modelyard_reconciles_total{namespace="op",kind="ModelDeployment",result="error"}', "0+1x30"),
     ('modelyard_reconciles_total{namespace="op",kind="ModelDeployment",result="ok"}', "0+99x30"),
+    # Model "drifting": column x3 scores 0.9 on one pod and 0.5 on the other (0.7 on average),
+    # x1 stays low, the predictions too; model "predicting": only its predictions drift (0.4);
+    # model "calm" nowhere near.
+    (
+        'modelyard_server_drift_feature_psi{namespace="ns",model="drifting",pod="a",feature="x3"}',
+        "0.9x30",
+    ),
+    (
+        'modelyard_server_drift_feature_psi{namespace="ns",model="drifting",pod="b",feature="x3"}',
+        "0.5x30",
+    ),
+    (
+        'modelyard_server_drift_feature_psi{namespace="ns",model="drifting",pod="a",feature="x1"}',
+        "0.02x30",
+    ),
+    ('modelyard_server_drift_prediction_psi{namespace="ns",model="drifting",pod="a"}', "0.1x30"),
+    ('modelyard_server_drift_prediction_psi{namespace="ns",model="predicting",pod="c"}', "0.4x30"),
+    (
+        'modelyard_server_drift_feature_psi{namespace="ns",model="calm",pod="d",feature="x3"}',
+        "0.05x30",
+    ),
 ]
 
 
@@ -97,6 +118,20 @@ RECONCILE_ERRORS = _alert(
     "names the cause.",
 )
 
+
+def _drift(model: str, feature: str, value: str) -> dict[str, Any]:
+    return _alert(
+        {"severity": "warning", "namespace": "ns", "model": model, "feature": feature},
+        f"Model {model} sees drift in {feature}",
+        f"The population stability index of {feature} of model {model} in namespace ns against "
+        f"the training split is {value} (threshold 0.25); the ModelDeployment's Drifting "
+        "condition names the worst columns.",
+    )
+
+
+DRIFT_X3 = _drift("drifting", "x3", "0.70")
+DRIFT_PREDICTIONS = _drift("predicting", "predictions", "0.40")
+
 # With the default values: pending (not firing) until `for` has passed since the condition
 # first held (a rate needs two samples: minute 1), firing after; the failed training fires at
 # once and is quiet again once its window has passed.
@@ -113,6 +148,8 @@ DEFAULT_EXPECTATIONS: list[Expectation] = [
     ("ModelyardTrainingFailed", 25, []),
     ("ModelyardReconcileErrors", 15, []),
     ("ModelyardReconcileErrors", 17, [RECONCILE_ERRORS]),
+    ("ModelyardDrift", 14, []),
+    ("ModelyardDrift", 16, [DRIFT_X3, DRIFT_PREDICTIONS]),
 ]
 
 # Thresholds above what the series reach (and a failed-training window that has passed by
@@ -123,6 +160,7 @@ RAISED: dict[str, Any] = {
     "latencyP99": {"seconds": 2.5},
     "trainingFailed": {"window": "2m"},
     "reconcileErrors": {"threshold": 0.6},
+    "drift": {"psiThreshold": 0.8},
 }
 RAISED_EXPECTATIONS: list[Expectation] = [
     ("ModelyardModelNotReady", 25, []),
@@ -130,6 +168,7 @@ RAISED_EXPECTATIONS: list[Expectation] = [
     ("ModelyardHighLatencyP99", 25, []),
     ("ModelyardTrainingFailed", 5, []),
     ("ModelyardReconcileErrors", 25, []),
+    ("ModelyardDrift", 25, []),
 ]
 
 

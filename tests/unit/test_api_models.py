@@ -278,6 +278,12 @@ CROSS_FIELD: list[CrossField] = [
     ),
     CrossField(
         DEPLOYMENT,
+        {"spec.monitoring": {"drift": {"windowRows": 1000, "minRows": 901}}},
+        "spec.monitoring.drift",
+        "minRows must be at most 90% of windowRows",
+    ),
+    CrossField(
+        DEPLOYMENT,
         {"spec.model": {"uri": "s3://models/m.onnx", "sha256": SHA}},
         "spec.model.uri",
         "s3: model.uri is an s3:// URI",

@@ -189,6 +189,9 @@ TWINS: dict[str, tuple[str, ...]] = {
     ),
     "Autoscaling._bounds": ("autoscaling.minReplicas must not exceed autoscaling.maxReplicas",),
     "ModelDeploymentSpec._replicas_or_autoscaling": ("set replicas or autoscaling, not both",),
+    "DriftMonitoring._min_rows_fit_the_window": (
+        "minRows must be at most 90% of windowRows (the window drops a tenth at a time)",
+    ),
     "ModelDeploymentSpec._s3_needs_connection": (
         "s3: model.uri is an s3:// URI, so spec.s3 (endpoint and Secret) is required",
     ),

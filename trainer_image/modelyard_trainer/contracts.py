@@ -14,7 +14,14 @@ from collections.abc import Mapping
 from enum import IntEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 # One definition of each, in the storage package (stdlib only, like this module); named here
@@ -73,7 +80,8 @@ MODEL_INT8_FILE = "model.int8.onnx"
 MODEL_OPTIMIZED_FILE = "model.optimized.onnx"
 CHECKPOINT_DIR = "checkpoints"
 PROGRESS_JSONL_FILE = "progress.jsonl"
-METADATA_FORMAT_VERSION = 1
+# 2: adds `reference` (drift reference statistics of the training split).
+METADATA_FORMAT_VERSION = 2
 
 _NAME_PART = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 
@@ -406,6 +414,99 @@ class TrainingSummary(_Model):
     )
 
 
+# Bounds of the drift reference: a model with more input columns gets reference statistics for
+# its first MAX_REFERENCE_FEATURES ones (in input order). They bound metadata.json (about 400
+# bytes per feature) and the server's drift series (one gauge per feature and pod).
+MAX_REFERENCE_FEATURES = 256
+REFERENCE_BINS = 10
+MAX_REFERENCE_CATEGORIES = 10
+# Predicted classes take one bin each: up to the trainer's 1000 classes.
+MAX_HISTOGRAM_BINS = 1001
+
+
+class Histogram(_Model):
+    """A distribution in bins: quantile bins of numbers, or the most frequent categories.
+
+    Numbers: bin i holds edges[i-1] <= x < edges[i] (the first and last bins are open), so
+    there are len(edges) + 1 bins. Categories: bin i holds categories[i], and one last bin
+    holds every other value. Missing values (NaN, "") are in no bin: missing_rate counts them.
+    """
+
+    edges: list[float] = Field(
+        default_factory=list,
+        max_length=MAX_HISTOGRAM_BINS - 1,
+        description="Ascending inner edges (numbers).",
+    )
+    categories: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_REFERENCE_CATEGORIES,
+        description="Most frequent categories (categorical features).",
+    )
+    proportions: list[float] = Field(
+        default_factory=list,
+        max_length=MAX_HISTOGRAM_BINS,
+        description="Share of the present values in each bin (they sum to 1, or 0 with none).",
+    )
+    missing_rate: float = Field(default=0.0, ge=0.0, le=1.0, description="Share of missing.")
+
+    @model_validator(mode="after")
+    def _bins_match(self) -> Histogram:
+        bins = len(self.categories) + 1 if self.categories else len(self.edges) + 1
+        if self.edges and self.categories:
+            raise ValueError("a histogram has edges or categories, not both")
+        if len(self.proportions) != bins:
+            raise ValueError(f"{len(self.proportions)} proportions for {bins} bins")
+        if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
+            raise ValueError("edges must ascend strictly")
+        return self
+
+
+class FeatureReference(Histogram):
+    """Reference distribution of one input column."""
+
+    # Inputs have at most REFERENCE_BINS bins: the server counts them in small integers.
+    edges: list[float] = Field(
+        default_factory=list,
+        max_length=REFERENCE_BINS - 1,
+        description="Ascending inner edges (numbers).",
+    )
+
+    name: str = Field(default="", max_length=256, description="Column name.")
+    tensor: str = Field(default="input", max_length=64, description="Model input that holds it.")
+    column: int = Field(default=0, ge=0, description="Its index along that input's last axis.")
+
+
+class OutputReference(Histogram):
+    """Reference distribution of the model's predictions on the training split.
+
+    Classification: the output class_index, binned by class (edges halfway between class
+    indices), with the class priors of the training labels beside. Regression: the output
+    prediction, in quantile bins of the training predictions, with the targets' shares beside.
+    """
+
+    output: str = Field(default="class_index", max_length=64, description="Model output.")
+    target_proportions: list[float] = Field(
+        default_factory=list,
+        max_length=MAX_HISTOGRAM_BINS,
+        description="Share of the training labels (class priors) or targets in the same bins.",
+    )
+
+
+class DriftReference(_Model):
+    """Statistics of the training split that the server compares live traffic with."""
+
+    rows: int = Field(default=0, ge=0, description="Training rows they were computed on.")
+    features_total: int = Field(
+        default=0,
+        ge=0,
+        description=f"Input columns of the model; the first {MAX_REFERENCE_FEATURES} are here.",
+    )
+    features: list[FeatureReference] = Field(
+        default_factory=list, max_length=MAX_REFERENCE_FEATURES, description="Per input column."
+    )
+    prediction: OutputReference | None = Field(default=None, description="Of the predictions.")
+
+
 class ArtifactMetadata(_Model):
     """metadata.json: written last, so that its presence marks the run's artifacts final."""
 
@@ -433,6 +534,9 @@ class ArtifactMetadata(_Model):
     created_at: str = Field(default="", description="RFC 3339 time of writing.")
     library_versions: dict[str, str] = Field(
         default_factory=dict, description="torch, onnx, onnxruntime, ... versions."
+    )
+    reference: DriftReference | None = Field(
+        default=None, description="Training-split statistics for drift monitoring."
     )
 
     @property

@@ -237,6 +237,7 @@ def _finish(
         session,
     )
     from .models import ExportableModel
+    from .reference import training_reference
     from .train import copy_to_cpu
 
     spec = dataset.spec
@@ -353,6 +354,7 @@ def _finish(
         run=identity,
         created_at=utc_now(),
         library_versions=library_versions(),
+        reference=training_reference(spec, dataset.train, lambda part: _predict(model, spec, part)),
     )
     write_text_atomically(
         run_dir / METADATA_FILE, metadata.model_dump_json(by_alias=True, indent=2)
@@ -363,6 +365,17 @@ def _finish(
     reporter.report(base.model_copy(update={"stage": "Done", **done}), force=True)
     log.info("final: %s serves %s (%s)", run_dir, served, metrics.headline())
     return result_from_metadata(metadata, artifact_uri)
+
+
+def _predict(model: Any, spec: PreprocessingSpec, part: Part) -> list[np.ndarray]:
+    """The network's outputs on `part`, in chunks so that a large split needs little memory."""
+    from .export import run_torch
+
+    chunks = [
+        run_torch(model, spec, part.take(np.arange(start, min(start + 8192, len(part)))))
+        for start in range(0, len(part), 8192)
+    ]
+    return [np.concatenate(outputs) for outputs in zip(*chunks, strict=True)]
 
 
 def _enabled(export: Any, name: str) -> bool:

@@ -215,12 +215,68 @@ class Rollout(ApiModel):
     )
 
 
+class DriftMonitoring(ApiModel):
+    """Drift of live inputs and predictions against the training split's reference statistics.
+
+    The server pods score it (population stability index, PSI, per input column and of the
+    predictions) when the model's metadata.json holds a reference; the operator reads the
+    scores from the pods' /metrics and sets the Drifting condition.
+    """
+
+    model_config = _model_config(
+        cel(
+            "!self.enabled || self.minRows * 10 <= self.windowRows * 9",
+            "minRows must be at most 90% of windowRows (the window drops a tenth at a time)",
+        )
+    )
+
+    enabled: bool = Field(True, description="Score drift in the server pods and set Drifting.")
+    psi_threshold: float = Field(
+        0.25,
+        description=(
+            "Drifting is True when an input column's or the predictions' PSI reaches it. "
+            "Usual reading: below 0.1 no change, 0.1-0.25 moderate, above 0.25 major."
+        ),
+        gt=0,
+        le=10,
+    )
+    window_rows: int = Field(
+        10000,
+        description="Live rows (per pod) in the rolling window compared with the reference.",
+        ge=100,
+        le=10_000_000,
+    )
+    min_rows: int = Field(
+        1000,
+        description=(
+            "Rows a pod's window must hold before its scores count: fewer rows score noise "
+            "(an unchanged distribution scores about bins/rows)."
+        ),
+        ge=1,
+        le=9_000_000,
+    )
+    interval_seconds: int = Field(
+        60, description="How often the operator reads the scores from the pods.", ge=10, le=3600
+    )
+
+    @model_validator(mode="after")
+    def _min_rows_fit_the_window(self) -> DriftMonitoring:
+        if self.enabled and self.min_rows * 10 > self.window_rows * 9:
+            raise ValueError(
+                "minRows must be at most 90% of windowRows (the window drops a tenth at a time)"
+            )
+        return self
+
+
 class Monitoring(ApiModel):
-    """Prometheus integration."""
+    """Prometheus integration and drift monitoring."""
 
     service_monitor: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Create a ServiceMonitor: auto does so when the CRD exists in the cluster.",
+    )
+    drift: DriftMonitoring = Field(
+        default_factory=DriftMonitoring, description="Drift against the training reference."
     )
 
 
@@ -326,7 +382,7 @@ class ModelDeploymentStatus(ApiModel):
     observed_generation: int | None = Field(None, description="The spec generation last acted on.")
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Ready, Available, Progressing, ModelResolved, RolledBack.",
+        description="Ready, Available, Progressing, ModelResolved, RolledBack, Drifting.",
     )
     model: ModelStatus | None = Field(None, description="The model being served or rolled out.")
     last_good_model: ServedModel | None = Field(

@@ -35,6 +35,7 @@ from modelyard_operator.settings import Settings
 from modelyard_server import contracts
 from modelyard_server.config import env_name
 from modelyard_storage.uri import PvcUri, parse_uri
+from modelyard_trainer.contracts import METADATA_FILE
 
 KIND = "ModelDeployment"
 SERVER_CONTAINER = "server"
@@ -123,6 +124,9 @@ def _fetch_container(md: ModelDeployment, model: ServedModel, image: str, pull: 
         source,
         "--dest",
         f"{MODEL_DIR}/{MODEL_FILE}",
+        # The run's reference statistics, for drift monitoring (optional beside the model).
+        "--metadata-dest",
+        f"{MODEL_DIR}/{METADATA_FILE}",
         "--termination-log",
         "/dev/termination-log",
     ]
@@ -169,9 +173,20 @@ def _server_env(md: ModelDeployment, model: ServedModel) -> list[dict[str, Any]]
         env_name("model_version"): model_version(model),
         env_name("port"): str(HTTP_PORT),
         env_name("grpc_port"): str(GRPC_PORT),
+        **_drift_env(md),
     }
     env = [{"name": key, "value": value} for key, value in sorted(settings_env.items())]
     return env + user_env(md.spec.pod)
+
+
+def _drift_env(md: ModelDeployment) -> dict[str, str]:
+    drift = md.spec.monitoring.drift
+    if not drift.enabled:
+        return {env_name("drift_window_rows"): "0"}
+    return {
+        env_name("drift_window_rows"): str(drift.window_rows),
+        env_name("drift_min_rows"): str(drift.min_rows),
+    }
 
 
 def termination_grace_seconds(md: ModelDeployment, settings: Settings) -> int:

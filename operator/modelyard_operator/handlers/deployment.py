@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -15,6 +16,7 @@ from modelyard_operator.api.meta import API_VERSION
 from modelyard_operator.api.training import ModelTrainingStatus, Output
 from modelyard_operator.builders.common import with_spec_hash as stamped
 from modelyard_operator.builders.deployment import (
+    HTTP_PORT,
     KIND,
     OPTIONAL_KINDS,
     SERVICE_MONITOR_CRD,
@@ -32,6 +34,7 @@ from modelyard_operator.handlers.common import (
 from modelyard_operator.kube import UNREAD, ApiError, Kube, manifest_path
 from modelyard_operator.names import DEPLOYMENT_LABEL, FIELD_MANAGER
 from modelyard_operator.ownership import Manifest
+from modelyard_operator.podmetrics import scrape_drift
 from modelyard_operator.settings import Settings
 from modelyard_operator.status.conditions import condition_is
 from modelyard_operator.status.deployment import (
@@ -40,6 +43,7 @@ from modelyard_operator.status.deployment import (
     plan_deployment,
     resolve_model,
 )
+from modelyard_operator.status.drift import PodDrift
 from modelyard_operator.validation import format_validation_error
 from modelyard_storage.uri import PvcUri, parse_uri
 
@@ -160,6 +164,8 @@ def reconcile_deployment(
         kube.post_event(body, event.type, event.reason, event.message)
 
     again = settings.rollout_poll_seconds if plan.unsettled else settings.resync_seconds
+    if md.spec.monitoring.drift.enabled and plan.target is not None:
+        again = min(again, md.spec.monitoring.drift.interval_seconds)
     return min(again, settings.resync_seconds), _state(plan)
 
 
@@ -167,16 +173,72 @@ def _observe(kube: Kube, settings: Settings, md: ModelDeployment) -> Observed:
     namespace, name = md.metadata.namespace, md.metadata.name
     training_found, training, origin = _read_training(kube, namespace, md.spec.model.from_training)
     resolution = resolve_model(md, training_found, training, origin)
+    pods = kube.list("v1", "Pod", namespace, {DEPLOYMENT_LABEL: name})
     return Observed(
         resolution=resolution,
         claim_found=resolution.model is None
         or _claim_exists(kube, settings, namespace, resolution.model),
         # Ours or none: one of that name without our label stops the apply, not the plan.
         deployment=kube.get_managed("apps/v1", "Deployment", namespace, name),
-        pods=kube.list("v1", "Pod", namespace, {DEPLOYMENT_LABEL: name}),
+        pods=pods,
         url=service_url(md, settings),
         now=datetime.now(UTC),
+        drift=_read_drift(md, pods),
     )
+
+
+class DriftMemo:
+    """When each ModelDeployment's pods were last asked for their drift scores."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._asked: dict[str, float] = {}
+
+    def due(self, uid: str, interval: float) -> bool:
+        """Whether it is time to ask again; if so, the time is taken as asked now."""
+        now = time.monotonic()
+        with self._lock:
+            asked = self._asked.get(uid)
+            if asked is not None and now - asked < interval:
+                return False
+            self._asked[uid] = now
+            return True
+
+
+_drift_memo = DriftMemo()
+# At most this many pods are asked per pass (each in its own thread, for TIMEOUT_SECONDS at
+# most): enough for a fair average, and a bounded pass however far the Deployment scales.
+DRIFT_PODS = 10
+
+
+def _read_drift(md: ModelDeployment, pods: list[Manifest]) -> list[PodDrift] | None:
+    """The ready server pods' drift scores, once per intervalSeconds; None in between."""
+    drift = md.spec.monitoring.drift
+    if not drift.enabled or not _drift_memo.due(md.metadata.uid, drift.interval_seconds):
+        return None
+    ready = sorted(
+        (pod["metadata"]["name"], pod["status"]["podIP"])
+        for pod in pods
+        if (pod.get("status") or {}).get("podIP")
+        and not pod["metadata"].get("deletionTimestamp")
+        and any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in pod["status"].get("conditions") or []
+        )
+    )[:DRIFT_PODS]
+    if not ready:
+        return []
+    with ThreadPoolExecutor(max_workers=len(ready)) as pool:
+        scores = list(pool.map(lambda pod: scrape_drift(pod[0], pod[1], HTTP_PORT), ready))
+    for unread in (s for s in scores if s.error):
+        log.info(
+            "%s/%s: drift scores of pod %s: %s",
+            md.metadata.namespace,
+            md.metadata.name,
+            unread.pod,
+            unread.error,
+        )
+    return scores
 
 
 def _read_training(

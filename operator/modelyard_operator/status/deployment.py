@@ -48,6 +48,7 @@ from modelyard_operator.status.conditions import (
     rfc3339,
     set_condition,
 )
+from modelyard_operator.status.drift import PodDrift, drifting, without_drifting
 from modelyard_operator.status.training import inside_run, run_location
 from modelyard_server.contracts import parse_load_failure
 from modelyard_storage.uri import PVC_URI_PATTERN, S3_URI_PATTERN, PvcUri, is_s3, parse_uri
@@ -79,6 +80,9 @@ class Observed:
     now: datetime
     # Why children could not be applied (ForeignObject, refusals): Ready says it.
     rejected: tuple[str, ...] = ()
+    # The ready server pods' drift scores; None when they were not read this pass (drift
+    # monitoring off, or not due yet): Drifting then stays as it is.
+    drift: list[PodDrift] | None = None
 
 
 @dataclass
@@ -464,7 +468,22 @@ def plan_deployment(md: ModelDeployment, observed: Observed) -> Plan:
     status.url = observed.url
     _deployment_status(run, target)
     _children_status(run)
+    _drift_status(run)
     return run.plan
+
+
+def _drift_status(run: _Pass) -> None:
+    drift = run.md.spec.monitoring.drift
+    if not drift.enabled:
+        run.status.conditions = without_drifting(run.status.conditions)
+        return
+    if run.observed.drift is None:
+        return
+    run.status.conditions, event = drifting(
+        drift, run.observed.drift, run.status.conditions, run.observed.now, run.generation
+    )
+    if event is not None:
+        run.plan.events.append(event)
 
 
 def _children_status(run: _Pass) -> None:
