@@ -19,6 +19,7 @@ from tests.conftest import SAMPLES, load_sample, with_changes
 TRAINING = load_sample("digits.yaml")
 DEPLOYMENT = load_sample("digits-deployment.yaml")
 SHA = "a" * 64
+SCRIPT = load_sample("script.yaml")
 
 # (changes to a valid object, a fragment that the error must contain)
 BAD_TRAININGS: list[tuple[dict[str, Any], str]] = [
@@ -46,6 +47,9 @@ BAD_TRAININGS: list[tuple[dict[str, Any], str]] = [
     ),
     ({"spec.shmSize": "lots"}, "spec.shmSize"),
     ({"spec.epochs": 10}, "spec.epochs"),  # a typo at the wrong level is an error, not ignored
+    ({"spec.script": {"command": []}}, "spec.script.command"),
+    ({"spec.script": {"args": ["x"]}}, "spec.script.command"),
+    ({"spec.script": {"command": ["python"], "entrypoint": "x"}}, "spec.script.entrypoint"),
 ]
 
 BAD_DEPLOYMENTS: list[tuple[dict[str, Any], str]] = [
@@ -257,6 +261,21 @@ CROSS_FIELD: list[CrossField] = [
         "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
     ),
     CrossField(DEPLOYMENT, {"spec.replicas": 2}, "spec", "set replicas or autoscaling, not both"),
+    *(
+        CrossField(
+            SCRIPT,
+            {f"spec.{key}": value},
+            "spec.script",
+            "script replaces the built-in trainer: it cannot be combined with model, data",
+        )
+        for key, value in [
+            ("model", {"hiddenLayers": [8]}),
+            ("data", {"source": {"builtin": "iris"}}),
+            ("training", {"epochs": 3}),
+            ("checkpoint", {"everyEpochs": 2}),
+            ("export", {"quantizeInt8": True}),
+        ]
+    ),
     CrossField(
         DEPLOYMENT,
         {"spec.monitoring": {"drift": {"windowRows": 1000, "minRows": 901}}},
@@ -294,6 +313,8 @@ GOOD_CROSS_FIELD: list[tuple[dict[str, Any], dict[str, Any]]] = [
     (TRAINING, {SYNTHETIC: {"synthetic": {"samples": 20, "classes": 10, "informative": 4}}}),
     (TRAINING, {"spec.data": ..., "spec.training.earlyStopping": {"enabled": True}}),
     (TRAINING, {"spec.pod.labels": {"team": "ml", "example.com/modelyard.dev": "x"}}),
+    # A script's batches are its own: no batch-size rule for 3 workers x 1 process.
+    (SCRIPT, {"spec.workers": 3}),
     (DEPLOYMENT, {"spec.model": {"uri": "pvc://models/m.onnx", "sha256": SHA}}),
 ]
 

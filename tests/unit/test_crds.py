@@ -173,6 +173,10 @@ TWINS: dict[str, tuple[str, ...]] = {
         "training.batchSize must be divisible by workers x processesPerWorker (the world size), "
         "so that every process gets the same share of each batch",
     ),
+    "ModelTrainingSpec._script_replaces_the_trainer": (
+        "script replaces the built-in trainer: it cannot be combined with model, data, training, "
+        "checkpoint or export",
+    ),
     "ServerConfig._delay_inside_grace": (
         "shutdownDelaySeconds must be less than shutdownGraceSeconds",
     ),

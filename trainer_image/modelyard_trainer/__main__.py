@@ -137,9 +137,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    environ = os.environ if environ is None else environ
-    args = parse_args(argv)
+def configure_logging(environ: Mapping[str, str]) -> None:
+    """Log lines on stderr, tagged with the rank and scrubbed of credential values."""
     rank = _rank(environ, "RANK")
     logging.basicConfig(
         level=logging.WARNING,
@@ -150,6 +149,33 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if not any(isinstance(f, ScrubFilter) for f in handler.filters):
             handler.addFilter(ScrubFilter())
     log.setLevel(logging.INFO)
+
+
+def failed(error: Exception, environ: Mapping[str, str]) -> int:
+    """Log `error`, write it as the termination message, and return its exit code."""
+    if isinstance(error, ConfigError | UriError):
+        return _fail(int(ExitCode.CONFIG_INVALID), "InvalidConfig", str(error), environ)
+    if isinstance(error, TrainerError):
+        return _fail(error.exit_code, error.reason, error.message, environ)
+    from .distributed import is_peer_error
+
+    if _rank(environ, "WORLD_SIZE") > 1 and is_peer_error(error):
+        message = f"lost contact with the other workers: {error}"
+        return _fail(1, "PeerLost", message, environ)
+    print(scrub(traceback.format_exc(), environ), file=sys.stderr, flush=True)
+    return _fail(1, "Error", f"{type(error).__name__}: {error}", environ)
+
+
+def succeeded(result: TrainingResult, environ: Mapping[str, str]) -> None:
+    """Rank 0's result: the termination message, and one JSON line on stdout."""
+    write_termination(result, environ)
+    print(result.model_dump_json(by_alias=True, exclude_none=True), flush=True)
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    environ = os.environ if environ is None else environ
+    args = parse_args(argv)
+    configure_logging(environ)
     scratch: str | None = None
     try:
         if is_s3(args.output):
@@ -173,24 +199,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             from .runner import execute
 
             result = execute(config, output, environ, name)
-    except (ConfigError, UriError) as error:
-        return _fail(int(ExitCode.CONFIG_INVALID), "InvalidConfig", str(error), environ)
-    except TrainerError as error:
-        return _fail(error.exit_code, error.reason, error.message, environ)
     except Exception as error:
-        from .distributed import is_peer_error
-
-        if _rank(environ, "WORLD_SIZE") > 1 and is_peer_error(error):
-            message = f"lost contact with the other workers: {error}"
-            return _fail(1, "PeerLost", message, environ)
-        print(scrub(traceback.format_exc(), environ), file=sys.stderr, flush=True)
-        return _fail(1, "Error", f"{type(error).__name__}: {error}", environ)
+        return failed(error, environ)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
     if result is not None:
-        write_termination(result, environ)
-        print(result.model_dump_json(by_alias=True, exclude_none=True), flush=True)
+        succeeded(result, environ)
     return int(ExitCode.SUCCESS)
 
 

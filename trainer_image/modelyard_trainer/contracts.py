@@ -56,6 +56,8 @@ ENV_RUN_GENERATION = "MODELYARD_RUN_GENERATION"
 ENV_ATTEMPT = "MODELYARD_ATTEMPT"
 # The URI that --output stands for (e.g. pvc://models/prefix); result URIs build on it.
 ENV_OUTPUT_URI = "MODELYARD_OUTPUT_URI"
+# The local directory of that output, for a spec.script run (the built-in trainer's --output).
+ENV_OUTPUT_DIR = "MODELYARD_OUTPUT_DIR"
 # Name of the ConfigMap <mt>-progress in MODELYARD_RUN_NAMESPACE; unset means report locally.
 ENV_PROGRESS_CONFIGMAP = "MODELYARD_PROGRESS_CONFIGMAP"
 ENV_TERMINATION_LOG = "MODELYARD_TERMINATION_LOG"
@@ -195,7 +197,13 @@ class ProgressRecord(_Model):
 # --- Termination message ---------------------------------------------------------------------
 
 FailureReason = Literal[
-    "InvalidConfig", "LossDiverged", "ParityCheckFailed", "PeerLost", "StorageFailed", "Error"
+    "InvalidConfig",
+    "LossDiverged",
+    "ParityCheckFailed",
+    "PeerLost",
+    "StorageFailed",
+    "NotPublished",
+    "Error",
 ]
 
 REASON_BY_EXIT_CODE: dict[int, FailureReason] = {

@@ -37,6 +37,13 @@ class ParityCheckFailed(TrainerError):
     reason = "ParityCheckFailed"
 
 
+class NotPublished(TrainerError):
+    """A spec.script run ended without publishing a model; running it again would do the same."""
+
+    exit_code = int(ExitCode.CONFIG_INVALID)
+    reason = "NotPublished"
+
+
 class PeerLost(TrainerError):
     """Another worker vanished or stopped answering; a new attempt may succeed."""
 

@@ -185,24 +185,7 @@ def export_onnx(
     else:
         assert codes is not None
         adapter, args, names = CodesOnly(model), (codes,), [CODES]
-    dynamic_shapes: Any = None
-    if dynamic_batch:
-        batch = torch.export.Dim(BATCH)
-        dynamic_shapes = tuple({0: batch} for _ in args)
-    with warnings.catch_warnings(), quiet_root_logger():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            adapter,
-            args,
-            input_names=names,
-            output_names=output_names(spec),
-            opset_version=opset,
-            dynamo=True,
-            dynamic_shapes=dynamic_shapes,
-            verbose=False,
-        )
-    assert program is not None
-    proto = program.model_proto
+    proto = torch_to_onnx(adapter, args, names, output_names(spec), opset, dynamic_batch)
     if codes is not None:
         prefix = _categorical_graph(spec, opset, proto.ir_version)
         proto = onnx.compose.merge_models(prefix, proto, io_map=[(CODES, CODES)])
@@ -215,6 +198,40 @@ def export_onnx(
         ordered = [onnx.ValueInfoProto.FromString(value.SerializeToString()) for value in inputs]
         del proto.graph.input[:]
         proto.graph.input.extend(ordered)
+    save_checked(proto, path)
+
+
+def torch_to_onnx(
+    module: torch.nn.Module,
+    args: tuple[torch.Tensor, ...],
+    input_names: list[str],
+    output_names: list[str],
+    opset: int,
+    dynamic_batch: bool,
+) -> onnx.ModelProto:
+    """The exporter on `module` at `args`; with `dynamic_batch`, axis 0 of every input is free."""
+    dynamic_shapes: Any = None
+    if dynamic_batch:
+        batch = torch.export.Dim(BATCH)
+        dynamic_shapes = tuple({0: batch} for _ in args)
+    with warnings.catch_warnings(), quiet_root_logger():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module,
+            args,
+            input_names=input_names,
+            output_names=output_names,
+            opset_version=opset,
+            dynamo=True,
+            dynamic_shapes=dynamic_shapes,
+            verbose=False,
+        )
+    assert program is not None
+    return program.model_proto
+
+
+def save_checked(proto: onnx.ModelProto, path: Path) -> None:
+    """Strip debug info, run onnx.checker, and write `path` atomically."""
     strip_debug_info(proto)
     proto.producer_name = "modelyard-trainer"
     onnx.checker.check_model(proto, full_check=True)
@@ -309,20 +326,24 @@ def metrics_of(spec: PreprocessingSpec, outputs: list[np.ndarray], part: Part) -
 
 def describe(path: Path, spec: PreprocessingSpec) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Inputs and outputs of a model file in Open Inference Protocol terms (-1 = dynamic)."""
+    features = {INPUT_NUMERIC: spec.numeric_columns, INPUT_CATEGORICAL: spec.string_columns}
+    return tensor_specs(path, features)
+
+
+def tensor_specs(
+    path: Path, features: dict[str, list[str]]
+) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Inputs and outputs of any model file; `features` names the columns of some inputs."""
     graph = onnx.load(str(path), load_external_data=False).graph
 
     def tensor(value: onnx.ValueInfoProto) -> TensorSpec:
         kind = value.type.tensor_type
         shape = [dim.dim_value if dim.HasField("dim_value") else -1 for dim in kind.shape.dim]
-        features = {
-            INPUT_NUMERIC: spec.numeric_columns,
-            INPUT_CATEGORICAL: spec.string_columns,
-        }.get(value.name, [])
         return TensorSpec(
             name=value.name,
             datatype=_DATATYPES.get(kind.elem_type) or str(kind.elem_type),
             shape=shape,
-            features=list(features),
+            features=list(features.get(value.name, [])),
         )
 
     return [tensor(value) for value in graph.input], [tensor(value) for value in graph.output]
@@ -380,8 +401,13 @@ def quantize_int8(
     batch: int | None,
 ) -> VariantReport:
     """Dynamic int8 quantization of the weights (activations are quantized at run time)."""
+    quantize_file(base, target)
+    return _variant_report(spec, base, target, base_outputs, base_metrics, test, batch)
+
+
+def quantize_file(base: Path, target: Path) -> None:
+    """Dynamic int8 quantization of `base`'s weights into `target` (atomically)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with atomic_output(target) as temporary, quiet_root_logger():
         quantize_dynamic(base, temporary, weight_type=QuantType.QInt8)
-    return _variant_report(spec, base, target, base_outputs, base_metrics, test, batch)

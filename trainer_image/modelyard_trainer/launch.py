@@ -5,8 +5,10 @@ codes (bad config, diverged loss, failed parity) from the Job's podFailurePolicy
 torchrun's own launcher in-process and exits with the workers' code instead.
 
 Usage: python -m modelyard_trainer.launch [TORCHRUN OPTIONS --] --config FILE --output DIR
+       python -m modelyard_trainer.launch [TORCHRUN OPTIONS --] --command PROGRAM [ARGS...]
 Without "--", every argument goes to the trainer and torchrun takes its options from the
 PET_* environment (PET_NNODES, PET_NODE_RANK, PET_NPROC_PER_NODE, PET_MASTER_ADDR, ...).
+With --command, each process runs PROGRAM ARGS instead of the trainer (a spec.script).
 """
 
 from __future__ import annotations
@@ -43,7 +45,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         launcher, trainer = arguments[:split], arguments[split + 1 :]
     else:
         launcher, trainer = [], arguments
-    options = parse_args([*launcher, "--module", "modelyard_trainer", *trainer])
+    if trainer[:1] == ["--command"]:
+        if len(trainer) < 2:
+            print("modelyard_trainer.launch: --command needs a program", file=sys.stderr)
+            return 2
+        worker = ["--no-python", *trainer[1:]]
+    else:
+        worker = ["--module", "modelyard_trainer", *trainer]
+    options = parse_args([*launcher, *worker])
     try:
         run(options)
     except ChildFailedError as error:

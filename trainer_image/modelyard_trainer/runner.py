@@ -55,7 +55,7 @@ CANDIDATE_FILE = "model.candidate.onnx"
 REJECTED_FILE = "model.rejected.onnx"
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for package in ("modelyard", "torch", "onnx", "onnxscript", "onnxruntime", "numpy"):
         try:
@@ -353,7 +353,7 @@ def _finish(
         config=config.model_dump(by_alias=True, mode="json"),
         run=identity,
         created_at=utc_now(),
-        library_versions=_versions(),
+        library_versions=library_versions(),
         reference=training_reference(spec, dataset.train, lambda part: _predict(model, spec, part)),
     )
     write_text_atomically(

@@ -9,6 +9,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from modelyard_operator.api.meta import (
     ApiModel,
     Condition,
+    EnvVar,
     ObjectMeta,
     PodOverrides,
     ResourceRequirements,
@@ -18,7 +19,7 @@ from modelyard_operator.api.meta import (
 )
 from modelyard_storage.connection import S3Connection
 from modelyard_storage.uri import PVC_URI_PATTERN, STORAGE_URI_PATTERN, is_s3, parse_uri
-from modelyard_trainer.config import DataConfig, TrainerConfig, TrainingConfig
+from modelyard_trainer.config import TRAINER_SPEC_KEYS, DataConfig, TrainerConfig, TrainingConfig
 
 # Children are `<name>-progress`, `<name>-a<attempt>[-w]` and pods `<name>-a<attempt>[-w]-<index>`,
 # whose host names must fit 63 characters; 40 leaves room for every suffix.
@@ -37,6 +38,12 @@ _DEFAULT_BATCH_SIZE = TrainingConfig.model_fields["batch_size"].default
 BATCH_SIZE_MESSAGE = (
     "training.batchSize must be divisible by workers x processesPerWorker (the world size), "
     "so that every process gets the same share of each batch"
+)
+
+
+SCRIPT_MESSAGE = (
+    "script replaces the built-in trainer: it cannot be combined with model, data, training, "
+    "checkpoint or export"
 )
 
 
@@ -70,6 +77,39 @@ class TrainingScheduling(Scheduling):
             "required: no node holds more than one worker above any other eligible node "
             "(a worker stays Pending rather); none: no constraint."
         ),
+    )
+
+
+class Script(ApiModel):
+    """Your own training program, run like the built-in trainer: the same gang of workers, the
+    same rendezvous, restarts and exit codes. With processesPerWorker > 1 the trainer's
+    torchrun launcher starts the processes (the image needs modelyard_trainer); with one, the
+    command runs as the worker with RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT set. The
+    output directory is in MODELYARD_OUTPUT_DIR; modelyard_trainer.sdk gives the script
+    checkpoints, progress and publish (ONNX + parity + sha256 + the result)."""
+
+    image: str | None = Field(
+        None,
+        description=(
+            "Image with the script (and modelyard_trainer for the SDK); spec.pod.image, then "
+            "the operator's trainer image, when empty."
+        ),
+        max_length=512,
+    )
+    command: list[str] = Field(
+        description=(
+            "The program and its fixed arguments, e.g. [python, -m, modelyard_trainer.sdk.example]."
+        ),
+        min_length=1,
+        max_length=64,
+    )
+    args: list[str] = Field(
+        default_factory=list, description="Arguments after the command.", max_length=256
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        description="Environment of the script, after spec.pod.env.",
+        max_length=128,
     )
 
 
@@ -145,15 +185,29 @@ class ModelTrainingSpec(TrainerConfig):
                     ".data.source.uri",
                 ),
                 cel(
+                    f"has(self.script) || "
                     f"(has(self.training) ? self.training.batchSize : {_DEFAULT_BATCH_SIZE}) % "
                     "(self.workers * self.processesPerWorker) == 0",
                     BATCH_SIZE_MESSAGE,
                     ".training.batchSize",
                 ),
+                cel(
+                    "!has(self.script) || "
+                    + " && ".join(f"!has(self.{key})" for key in TRAINER_SPEC_KEYS),
+                    SCRIPT_MESSAGE,
+                    ".script",
+                ),
             ]
         },
     )
 
+    script: Script | None = Field(
+        None,
+        description=(
+            "Your own training program instead of the built-in trainer (model, data, training, "
+            "checkpoint and export then stay unset)."
+        ),
+    )
     workers: int = Field(
         1, description="Worker pods in the gang (DDP nodes).", ge=1, le=MAX_WORKERS
     )
@@ -210,8 +264,17 @@ class ModelTrainingSpec(TrainerConfig):
 
     @model_validator(mode="after")
     def _batch_divides_among_processes(self) -> ModelTrainingSpec:
-        if self.training.batch_size % (self.workers * self.processes_per_worker):
+        # A script's batches are its own business.
+        if self.script is None and self.training.batch_size % (
+            self.workers * self.processes_per_worker
+        ):
             raise ValueError(BATCH_SIZE_MESSAGE)
+        return self
+
+    @model_validator(mode="after")
+    def _script_replaces_the_trainer(self) -> ModelTrainingSpec:
+        if self.script is not None and self.model_fields_set & set(TRAINER_SPEC_KEYS):
+            raise ValueError(SCRIPT_MESSAGE)
         return self
 
 

@@ -1,4 +1,8 @@
-"""Children of a ModelTraining: config, progress, identity, network, and one Job per attempt."""
+"""Children of a ModelTraining: config, progress, identity, network, and one Job per attempt.
+
+A spec.script run has the same children and Jobs, but its own image and command in place of
+the built-in trainer, and no trainer config.
+"""
 
 from __future__ import annotations
 
@@ -172,7 +176,7 @@ def network_policy(mt: ModelTraining) -> Manifest:
 def static_children(mt: ModelTraining, settings: Settings) -> list[Manifest]:
     """Everything but the Jobs: applied on every reconcile while the run's children live."""
     children = [
-        trainer_config_map(mt),
+        *([] if mt.spec.script else [trainer_config_map(mt)]),
         progress_config_map(mt),
         headless_service(mt, settings),
         network_policy(mt),
@@ -204,7 +208,7 @@ def _rank_variables(mt: ModelTraining) -> list[str]:
 
 
 def _worker_env(
-    mt: ModelTraining, attempt: int, settings: Settings, peers: bool
+    mt: ModelTraining, attempt: int, settings: Settings, peers: bool, output_dir: str
 ) -> list[dict[str, Any]]:
     """`peers`: the node rank is left to _PEER_RANK_SCRIPT."""
     spec, meta = mt.spec, mt.metadata
@@ -234,10 +238,16 @@ def _worker_env(
         {"name": contracts.ENV_PROGRESS_CONFIGMAP, "value": progress_config_map_name(meta.name)},
         {"name": contracts.ENV_PVC_MOUNT_ROOT, "value": contracts.DEFAULT_PVC_MOUNT_ROOT},
     ]
+    if spec.script is not None:
+        # The built-in trainer gets its output as --output; a script (its SDK) from here.
+        env.append({"name": contracts.ENV_OUTPUT_DIR, "value": output_dir})
     if spec.s3 is not None:
         # Endpoint settings as values; the access keys only as references to the Secret.
         env += spec.s3.pod_env()
-    return env + user_env(spec.pod)
+    env += user_env(spec.pod)
+    if spec.script is not None:
+        env += [e.model_dump(by_alias=True, exclude_none=True) for e in spec.script.env]
+    return env
 
 
 def _claims(mt: ModelTraining, with_output: bool) -> list[str]:
@@ -249,13 +259,22 @@ def _claims(mt: ModelTraining, with_output: bool) -> list[str]:
 
 
 def _command(mt: ModelTraining, output_dir: str, peers: bool) -> list[str]:
-    trainer_args = ["--config", f"{CONFIG_DIR}/{CONFIG_FILE}", "--output", output_dir]
-    module = "modelyard_trainer"
-    if mt.spec.processes_per_worker > 1:
-        # torchrun's launcher, reading PET_* from the environment, but exiting with the
-        # workers' own code so that the podFailurePolicy still sees the permanent ones.
-        module = "modelyard_trainer.launch"
-    command = ["python", "-m", module, *trainer_args]
+    script = mt.spec.script
+    several = mt.spec.processes_per_worker > 1
+    # With several processes per worker: torchrun's launcher, reading PET_* from the
+    # environment, but exiting with the workers' own code so that the podFailurePolicy still
+    # sees the permanent ones.
+    launch = ["python", "-m", "modelyard_trainer.launch"]
+    if script is not None:
+        program = [*script.command, *script.args]
+        command = [*launch, "--command", *program] if several else program
+    else:
+        trainer_args = ["--config", f"{CONFIG_DIR}/{CONFIG_FILE}", "--output", output_dir]
+        command = (
+            [*launch, *trainer_args]
+            if several
+            else ["python", "-m", "modelyard_trainer", *trainer_args]
+        )
     if peers:
         return ["python", "-c", _PEER_RANK_SCRIPT, ",".join(_rank_variables(mt)), *command]
     return command
@@ -311,15 +330,16 @@ def _job(mt: ModelTraining, attempt: int, settings: Settings, role: JobRole) -> 
         GENERATION_LABEL: str(meta.generation),
     }
     volumes: list[dict[str, Any]] = [
-        {"name": "config", "configMap": {"name": config_map_name(meta.name)}},
         {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm_size}},
         {"name": "tmp", "emptyDir": {"sizeLimit": TRAINER_SCRATCH_SIZE}},
     ]
     mounts: list[dict[str, Any]] = [
-        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "shm", "mountPath": "/dev/shm"},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
+    if spec.script is None:
+        volumes.insert(0, {"name": "config", "configMap": {"name": config_map_name(meta.name)}})
+        mounts.insert(0, {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True})
     for index, claim_name in enumerate(_claims(mt, with_output=not peers)):
         volumes.append({"name": f"pvc-{index}", "persistentVolumeClaim": {"claimName": claim_name}})
         mounts.append(
@@ -330,10 +350,10 @@ def _job(mt: ModelTraining, attempt: int, settings: Settings, role: JobRole) -> 
         )
     container: dict[str, Any] = {
         "name": CONTAINER,
-        "image": spec.pod.image or settings.trainer_image,
+        "image": (spec.script and spec.script.image) or spec.pod.image or settings.trainer_image,
         "imagePullPolicy": spec.pod.image_pull_policy or settings.image_pull_policy,
         "command": _command(mt, output_dir, peers),
-        "env": _worker_env(mt, attempt, settings, peers),
+        "env": _worker_env(mt, attempt, settings, peers, output_dir),
         "ports": [{"name": "rendezvous", "containerPort": settings.master_port}],
         "resources": resources(spec.resources),
         "volumeMounts": mounts + spec.pod.volume_mounts,

@@ -404,7 +404,13 @@ def _succeed(run: _Run, gang: _Gang) -> None:
     message = _terminated(rank0).get("message") if rank0 else None
     parsed = parse_termination_message(message)
     if not isinstance(parsed, TrainingResult):
-        run.finish(False, "NoResult", "rank 0 ended without a result in its termination message")
+        message = "rank 0 ended without a result in its termination message"
+        if run.mt.spec.script is not None:
+            message += (
+                ": the script must publish its model (modelyard_trainer.sdk: run.publish, "
+                "under sdk.main)"
+            )
+        run.finish(False, "NoResult", message)
         return
     outside = _outside_the_run(run, parsed)
     if outside is not None:

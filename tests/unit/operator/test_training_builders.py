@@ -290,3 +290,77 @@ def test_every_empty_dir_has_a_size_limit() -> None:
             "shm": {"medium": "Memory", "sizeLimit": "1Gi"},
             "tmp": {"sizeLimit": "8Gi"},
         }
+
+
+# --- spec.script: the user's program in place of the built-in trainer, in the same gang. ------
+
+
+def script_training(**changes: Any) -> ModelTraining:
+    document = with_changes(load_sample("script.yaml"), {**IDENTITY, **changes})
+    return ModelTraining.model_validate(document)
+
+
+def test_script_children_match_the_golden_file() -> None:
+    mt = script_training()
+    rendered = yaml.dump_all(
+        [*static_children(mt, SETTINGS), *jobs(mt, 2, SETTINGS)],
+        Dumper=_PlainDumper,
+        sort_keys=True,
+    )
+    path = GOLDEN / "training-script.yaml"
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(rendered)
+    assert path.read_text() == rendered, "builders changed: review, then UPDATE_GOLDEN=1"
+
+
+def test_a_script_runs_as_the_workers_own_command_in_the_same_gang() -> None:
+    script, builtin = script_training(), training()
+    assert [c["kind"] for c in static_children(script, SETTINGS)] == [
+        c["kind"]
+        for c in static_children(builtin, SETTINGS)
+        if c["metadata"]["name"] != "digits-config"
+    ]
+    for made, reference in zip(jobs(script, 2, SETTINGS), jobs(builtin, 2, SETTINGS), strict=True):
+        pod = made["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        program = ["python", "-m", "modelyard_trainer.sdk.example", "--epochs", "30"]
+        assert container["command"][-len(program) - 3 : -3] == program
+        assert container["image"] == SETTINGS.trainer_image
+        # No trainer config: the script brings its own.
+        assert all(v["name"] != "config" for v in pod["volumes"])
+        env, expected = _env(made), _env(reference)
+        assert env["MODELYARD_OUTPUT_DIR"] == "/mnt/pvc/modelyard-models"
+        assert env["OMP_NUM_THREADS"] == "1"
+        # The same gang contract as the built-in trainer's, key by key.
+        for key in ("PET_NNODES", "PET_MASTER_ADDR", "PET_MASTER_PORT", "WORLD_SIZE"):
+            assert env[key] == expected[key].replace("digits", "script-example")
+        assert made["spec"]["podFailurePolicy"] == reference["spec"]["podFailurePolicy"]
+        assert (made["spec"]["completions"], made["spec"]["backoffLimit"]) == (
+            reference["spec"]["completions"],
+            0,
+        )
+    # The peers' rank is set before the program starts, as for the trainer.
+    peers = jobs(script, 2, SETTINGS)[1]["spec"]["template"]["spec"]["containers"][0]
+    assert peers["command"][:2] == ["python", "-c"]
+
+
+def test_a_script_with_several_processes_per_worker_runs_under_the_launcher() -> None:
+    mt = script_training(**{"spec.processesPerWorker": 2, "spec.script.image": "me/train:1"})
+    container = jobs(mt, 1, SETTINGS)[0]["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "me/train:1"
+    assert container["command"][:5] == [
+        "python",
+        "-m",
+        "modelyard_trainer.launch",
+        "--command",
+        "python",
+    ]
+
+
+def test_the_script_image_wins_over_the_pod_image() -> None:
+    mt = script_training(**{"spec.pod.image": "pod/image:1"})
+    container = jobs(mt, 1, SETTINGS)[0]["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "pod/image:1"
+    mt = script_training(**{"spec.pod.image": "pod/image:1", "spec.script.image": "me/train:1"})
+    container = jobs(mt, 1, SETTINGS)[0]["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "me/train:1"

@@ -490,6 +490,19 @@ def test_a_result_whose_model_file_is_not_a_plain_name_is_no_result(model_file: 
     assert failed.reason == "NoResult"
 
 
+def test_a_script_that_exits_0_without_a_result_is_told_to_publish() -> None:
+    script = training(
+        running_status(),
+        **{f"spec.{key}": ... for key in ("model", "data", "training", "checkpoint", "export")},
+        **{"spec.script": {"command": ["python", "train.py"]}},
+    )
+    rank0 = pod(1, 0, "Succeeded", terminated={"exitCode": 0, "message": ""})
+    p = plan(script, gang(1, "Complete"), [rank0])
+    failed = next(c for c in p.status.conditions if c.type == "Failed")
+    assert failed.reason == "NoResult"
+    assert "the script must publish its model" in failed.message
+
+
 def test_a_result_in_a_subdirectory_of_the_run_is_taken() -> None:
     rank0 = succeeded_rank(1, RUN_DIR + "/variants", model_file="model.int8.onnx")
     p = plan(training(running_status()), gang(1, "Complete"), [rank0])
