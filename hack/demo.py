@@ -132,6 +132,12 @@ class Demo:
             "--timeout",
             "5m",
         )
+        # The images keep their tag across builds: restart the operator, or a release that was
+        # installed before would go on running the operator image of that time.
+        kubectl = [self.args.kubectl, "--kubeconfig", self.args.kubeconfig]
+        deployment = ["-n", self.args.operator_namespace, "deployment/modelyard"]
+        run(*kubectl, "rollout", "restart", *deployment)
+        run(*kubectl, "rollout", "status", "--timeout=5m", *deployment)
 
     def prepare_namespace(self) -> None:
         step(f"namespace {self.ns} with a claim {MODELS_CLAIM} for the models")

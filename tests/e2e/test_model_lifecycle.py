@@ -90,6 +90,14 @@ def operator(cluster: Cluster) -> Iterator[None]:
         check=True,
         timeout=330,
     )
+    # The images keep their tag across builds: restart the operator, or a release left by an
+    # earlier run would go on running the operator image of that time.
+    kubectl = [str(bin_dir() / "kubectl"), "--kubeconfig", str(e2e_kubeconfig())]
+    deployment = ["-n", OPERATOR_NAMESPACE, "deployment/modelyard"]
+    subprocess.run([*kubectl, "rollout", "restart", *deployment], check=True, timeout=60)
+    subprocess.run(
+        [*kubectl, "rollout", "status", "--timeout=5m", *deployment], check=True, timeout=330
+    )
     yield
     subprocess.run(
         [*helm, "uninstall", "modelyard", "--namespace", OPERATOR_NAMESPACE], timeout=120
