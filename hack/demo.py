@@ -117,6 +117,9 @@ class Demo:
 
     def install_operator(self) -> None:
         step("installing the operator with Helm")
+        kubectl = [self.args.kubectl, "--kubeconfig", self.args.kubeconfig]
+        # Helm installs CRDs on a release's first install only: apply them as an upgrade must.
+        run(*kubectl, "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
         run(
             self.args.helm,
             "--kubeconfig",
@@ -134,7 +137,6 @@ class Demo:
         )
         # The images keep their tag across builds: restart the operator, or a release that was
         # installed before would go on running the operator image of that time.
-        kubectl = [self.args.kubectl, "--kubeconfig", self.args.kubeconfig]
         deployment = ["-n", self.args.operator_namespace, "deployment/modelyard"]
         run(*kubectl, "rollout", "restart", *deployment)
         run(*kubectl, "rollout", "status", "--timeout=5m", *deployment)

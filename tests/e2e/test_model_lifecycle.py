@@ -72,6 +72,13 @@ def _images_present(cluster: Cluster) -> None:
 def operator(cluster: Cluster) -> Iterator[None]:
     """The chart installed as a user would; uninstalled after the module."""
     _images_present(cluster)
+    kubectl = [str(bin_dir() / "kubectl"), "--kubeconfig", str(e2e_kubeconfig())]
+    # Helm installs CRDs on a release's first install only: apply them as an upgrade must.
+    subprocess.run(
+        [*kubectl, "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds")],
+        check=True,
+        timeout=120,
+    )
     helm = [str(bin_dir() / "helm"), "--kubeconfig", str(e2e_kubeconfig())]
     subprocess.run(
         [
@@ -92,7 +99,6 @@ def operator(cluster: Cluster) -> Iterator[None]:
     )
     # The images keep their tag across builds: restart the operator, or a release left by an
     # earlier run would go on running the operator image of that time.
-    kubectl = [str(bin_dir() / "kubectl"), "--kubeconfig", str(e2e_kubeconfig())]
     deployment = ["-n", OPERATOR_NAMESPACE, "deployment/modelyard"]
     subprocess.run([*kubectl, "rollout", "restart", *deployment], check=True, timeout=60)
     subprocess.run(
