@@ -289,7 +289,7 @@ def test_cluster_rbac_is_least_privilege(tools: Path) -> None:
     assert main == set(PLURALS.values()) - UNUSED_PLURALS
     # Escalation prevention: the Roles it makes for trainers grant no verb it lacks.
     assert {"get", "patch", "update"} <= rules[("", "configmaps")]
-    assert rules[("", "events")] == {"create"}
+    assert rules[("", "events")] == {"create", "list"}  # list: a stuck pod's Events
     assert rules[("", "pods")] == {"list", "watch"}
     assert rules[("modelyard.dev", "modeltrainings/status")] == {"patch"}
     binding = one(manifests, "ClusterRoleBinding")
