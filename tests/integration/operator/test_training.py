@@ -481,8 +481,10 @@ def test_a_volume_that_cannot_be_attached_is_a_condition_from_the_pods_events(
 
 
 def test_the_active_deadline_fails_a_run_and_stops_its_pods(objects: Objects) -> None:
+    # The deadline counts from the Job's start, running or not: the pod is not marked as run
+    # (on a busy machine the Job controller may delete it before the scheduler binds it).
     objects.create(PLURAL, training(workers=1, runPolicy={"activeDeadlineSeconds": 3}))
-    run_all(objects, attempt_pods(objects, "digits", 1, 1))
+    attempt_pods(objects, "digits", 1, 1)
     mt = objects.wait_for(PLURAL, "digits", phase_is("Failed"), timeout=30)
     assert condition(mt, "Failed")["reason"] == "DeadlineExceeded"
     wait_until(
