@@ -79,7 +79,10 @@ BLOCKING_WAITING_REASONS = frozenset(
 # ContainerCreating.
 VOLUME_EVENT_REASONS = frozenset({"FailedAttachVolume", "FailedMount"})
 # A pod still creating its containers this long after it was scheduled: its Events are read.
-VOLUME_CHECK_AFTER_SECONDS = 5.0
+# Not sooner: the kubelet retries a mount, and a busy node warns FailedMount for a moment
+# ("failed to sync configmap cache") on pods that then start; a Multi-Attach error or a
+# missing claim or Secret stays.
+VOLUME_CHECK_AFTER_SECONDS = 30.0
 # Of the kubelet's or scheduler's own message, so much goes into the condition.
 BLOCKED_MESSAGE_LENGTH = 300
 ACTIVE_POD_PHASES = ("Pending", "Running", "Unknown")
